@@ -1,0 +1,1242 @@
+"""The Communicator: kiwiPy's task queues, broadcasts and RPC, on trio and asyncio.
+
+::
+
+    async with kiwi_anyio.connect("amqp://localhost") as comm:
+        await comm.add_rpc_subscriber(lambda comm, msg: msg * 2, "double")
+        fut = await comm.rpc_send("double", 21)
+        assert await fut == 42
+
+The communicator lives in a task group: every consumer (task, RPC, broadcast and reply
+queues) is a task it owns, and every running subscriber call is a child of that consumer.
+Leaving ``async with`` cancels and joins them all; a task whose handling had not finished
+is requeued (never acknowledged), pending result futures fail with
+:class:`~kiwi_anyio.CommunicatorClosed`, and the connection closes.
+
+The wire format is kiwiPy 0.9's (see :mod:`kiwi_anyio._wire`), so kiwi_anyio and kiwiPy
+processes on one broker work together.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Final, Self
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from . import _wire as wire
+from .codecs import YAML, Codec, codec_from_functions, decoder_for
+from .exceptions import (
+    AMQPError,
+    ChannelClosed,
+    CommunicatorClosed,
+    ConnectionClosed,
+    DeliveryFailed,
+    DuplicateSubscriberIdentifier,
+    MessageReturned,
+    QueueEmpty,
+    TaskRejected,
+    UndecodableMessage,
+    UnroutableError,
+)
+from .filters import BroadcastFilter
+from .futures import Future
+from .protocol import Channel, Connection, Message, Properties, parse_url
+from .protocol import connect as amqp_connect
+from .protocol.url import ConnectionParameters
+
+__all__ = ["Communicator", "IncomingTask", "TaskQueue", "connect"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL: Final = "amqp://guest:guest@127.0.0.1/"
+DEFAULT_TASK_PREFETCH: Final = 1
+REQUEUE_DELAY: Final = 1.0  # seconds before a task every subscriber rejected is requeued
+NEXT_TASK_POLL: Final = 0.05
+
+Subscriber = Callable[..., Any]
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+async def _resolve(value: Any) -> Any:
+    """Await one level of a future-like value (ours, concurrent.futures, or an awaitable)."""
+    if isinstance(value, Future):
+        return await value
+    if isinstance(value, concurrent.futures.Future):
+        return await anyio.to_thread.run_sync(value.result, abandon_on_cancel=True)
+    return await value
+
+
+def _is_future_like(value: Any) -> bool:
+    return isinstance(value, Future | concurrent.futures.Future) or inspect.isawaitable(value)
+
+
+class _ConsumerHandle:
+    """A consumer task: cancel its scope and wait for ``done`` to stop it."""
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self.done.wait()
+
+
+class IncomingTask:
+    """A task taken from a queue with :meth:`TaskQueue.next_task` or ``async for``.
+
+    Call :meth:`process` (or use ``async with task.processing() as outcome``) and set the
+    outcome's result; the sender gets it once the ``next_task`` block exits. A task whose
+    outcome is never set is requeued.
+
+    Attributes:
+        body: the task.
+        no_reply: True if the sender does not wait for a result.
+        state: ``pending``, ``processing``, ``finished`` or ``requeued``.
+    """
+
+    def __init__(self, queue: TaskQueue, message: Message, body: Any, no_reply: bool) -> None:
+        self._queue = queue
+        self._message = message
+        self.body = body
+        self.no_reply = no_reply
+        self.state = "pending"
+        self._outcome: Future[Any] | None = None
+
+    def process(self) -> Future[Any]:
+        """Start processing: returns the outcome future to resolve with the result."""
+        if self.state != "pending":
+            raise concurrent.futures.InvalidStateError(f"the task is {self.state}")
+        self.state = "processing"
+        self._outcome = Future()
+        return self._outcome
+
+    @asynccontextmanager
+    async def processing(self) -> AsyncIterator[Future[Any]]:
+        """``async with task.processing() as outcome:``; an exception becomes the outcome."""
+        outcome = self.process()
+        try:
+            yield outcome
+        except Exception as exc:
+            if not outcome.done():
+                outcome.set_exception(exc)
+            raise
+
+    async def requeue(self) -> None:
+        """Give the task back to the queue."""
+        if self.state not in ("pending", "processing"):
+            raise concurrent.futures.InvalidStateError(f"the task is {self.state}")
+        self.state = "requeued"
+        if not self._message.settled and self._message.channel.is_open:
+            self._message.nack(requeue=True)
+
+    async def _finish(self) -> None:
+        """Reply and ack if the outcome is known; requeue if it was never processed."""
+        outcome = self._outcome
+        if self.state != "processing" or outcome is None:
+            if self.state == "pending":
+                await self.requeue()
+            return
+        if not outcome.done():
+            self._queue._comm._spawn(self._finish_later)
+            return
+        await self._settle(outcome)
+
+    async def _finish_later(self) -> None:
+        outcome = self._outcome
+        assert outcome is not None
+        try:
+            try:
+                await outcome.wait()
+            except Exception:
+                pass
+            await self._settle(outcome)
+        finally:
+            if not self._message.settled and self._message.channel.is_open:
+                self._message.nack(requeue=True)
+
+    async def _settle(self, outcome: Future[Any]) -> None:
+        comm = self._queue._comm
+        if outcome.cancelled():
+            await self.requeue()
+            return
+        if not self.no_reply:
+            exc = outcome.exception()
+            reply = (
+                wire.exception_reply(exc, with_host=True)
+                if exc is not None
+                else wire.result_reply(outcome.result(), with_host=True)
+            )
+            await comm._send_reply(self._message, reply, self._queue.exchange)
+        self.state = "finished"
+        if self._message.channel.is_open:
+            self._message.ack()
+
+
+class TaskQueue:
+    """A durable task queue. Get one with :meth:`Communicator.task_queue`.
+
+    Tasks are persistent messages; a subscriber handles up to ``prefetch_count`` of them at
+    once, and each is acknowledged only after its result was sent.
+    """
+
+    def __init__(
+        self,
+        comm: Communicator,
+        name: str,
+        *,
+        exchange: str,
+        prefetch_count: int,
+        prefetch_size: int = 0,
+    ) -> None:
+        self._comm = comm
+        self.name = name
+        self.exchange = exchange
+        self.prefetch_count = prefetch_count
+        self.prefetch_size = prefetch_size
+        self._subscribers: dict[str, Subscriber] = {}
+        self._declared = False
+        self._channel: Channel | None = None
+        self._consumer: _ConsumerHandle | None = None
+        self._lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<TaskQueue {self.name!r} on {self.exchange!r}>"
+
+    def _is_declared(self) -> bool:
+        return self._declared
+
+    async def _ensure_declared(self) -> None:
+        if self._declared:
+            return
+        async with self._lock:
+            if self._is_declared():  # a concurrent caller may have declared it meanwhile
+                return
+            comm = self._comm
+            await comm._ensure_exchange(self.exchange)
+            arguments: dict[str, Any] = {"x-message-ttl": wire.TASK_MESSAGE_TTL}
+            if comm.testing_mode:
+                arguments["x-expires"] = wire.TESTING_TASK_QUEUE_EXPIRES
+            if comm.queue_type is not None:
+                arguments["x-queue-type"] = comm.queue_type
+            await comm._declare(
+                lambda ch: ch.queue_declare(
+                    self.name, durable=not comm.testing_mode, arguments=arguments
+                ),
+                f"task queue {self.name!r}",
+            )
+            await comm._declare(
+                lambda ch: ch.queue_bind(self.name, self.exchange, routing_key=self.name),
+                f"binding of task queue {self.name!r}",
+            )
+            self._declared = True
+
+    async def _get_channel(self) -> Channel:
+        if self._channel is None or not self._channel.is_open:
+            self._channel = await self._comm._connection.channel(prefetch_count=self.prefetch_count)
+        return self._channel
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> Future[Any] | None:
+        """Send a task; return once the broker confirmed it.
+
+        Returns:
+            A future of the worker's result (``None`` with ``no_reply``).
+
+        Raises:
+            CommunicatorClosed: the communicator is closed.
+            DeliveryFailed: the broker did not take the message.
+
+        Cancellation: cancelled before the broker's confirm, the task may or may not have
+        been queued, and no future is returned.
+        """
+        comm = self._comm
+        comm._check_open()
+        await self._ensure_declared()
+        body = comm._codec.encode((task, no_reply))
+        return await comm._send_request(
+            body,
+            exchange=self.exchange,
+            routing_key=self.name,
+            persistent=True,
+            no_reply=no_reply,
+            what=f"task to queue {self.name!r}",
+        )
+
+    async def add_task_subscriber(
+        self, subscriber: Subscriber, identifier: str | None = None
+    ) -> str:
+        """Add ``subscriber(comm, task)``; returns its identifier.
+
+        Subscribers are tried in the order they were added: the first that returns gives the
+        result; one that raises :class:`~kiwi_anyio.TaskRejected` passes the task on; any
+        other exception reaches the sender as :class:`~kiwi_anyio.RemoteException`.
+        Plain functions run in a worker thread; ``async def`` ones in the event loop.
+        """
+        comm = self._comm
+        comm._check_open()
+        identifier = identifier or _new_id()
+        if identifier in self._subscribers:
+            raise DuplicateSubscriberIdentifier(f"task subscriber {identifier!r} already exists")
+        self._subscribers[identifier] = subscriber
+        try:
+            await self._ensure_declared()
+            if self._consumer is None:
+                channel = await self._get_channel()
+                self._consumer = await comm._start_consumer(
+                    channel, self.name, self._on_task, what=f"task queue {self.name!r}"
+                )
+        except BaseException:
+            self._subscribers.pop(identifier, None)
+            raise
+        return identifier
+
+    async def remove_task_subscriber(self, identifier: str) -> None:
+        """Remove a task subscriber.
+
+        Raises:
+            ValueError: no subscriber has this identifier.
+        """
+        try:
+            del self._subscribers[identifier]
+        except KeyError:
+            raise ValueError(f"unknown task subscriber {identifier!r}") from None
+        if not self._subscribers and self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+    @asynccontextmanager
+    async def task_subscriber(
+        self, subscriber: Subscriber, identifier: str | None = None
+    ) -> AsyncIterator[str]:
+        """``async with queue.task_subscriber(fn) as ident:``; removed when the block exits."""
+        ident = await self.add_task_subscriber(subscriber, identifier)
+        try:
+            yield ident
+        finally:
+            with anyio.CancelScope(shield=True):
+                if ident in self._subscribers:
+                    await self.remove_task_subscriber(ident)
+
+    async def _on_task(self, message: Message) -> None:
+        comm = self._comm
+        try:
+            try:
+                task, no_reply = wire.decode_task(comm._decode(message))
+            except UndecodableMessage as exc:
+                await comm._reject_undecodable(message, exc, self.exchange, with_host=True)
+                return
+            for subscriber in list(self._subscribers.values()):
+                try:
+                    result = await comm._call(subscriber, comm, task)
+                    while _is_future_like(result):
+                        if not no_reply:
+                            await comm._send_reply(message, wire.pending_reply(), self.exchange)
+                        result = await _resolve(result)
+                except TaskRejected:
+                    continue
+                except concurrent.futures.CancelledError as exc:
+                    reply = wire.cancelled_reply(str(exc) or None)
+                except Exception as exc:
+                    if no_reply:
+                        logger.exception("task subscriber %r raised (no reply wanted)", subscriber)
+                    reply = wire.exception_reply(exc, with_host=True)
+                else:
+                    reply = wire.result_reply(result, with_host=True)
+                if not no_reply:
+                    await comm._send_reply(message, reply, self.exchange)
+                message.ack()
+                return
+            # nobody took it: give it back, after a pause so it does not spin
+            await anyio.sleep(REQUEUE_DELAY)
+            message.nack(requeue=True)
+        except AMQPError as exc:
+            logger.warning(
+                "task %s on queue %r not settled: %s", message.delivery_tag, self.name, exc
+            )
+        finally:
+            if not message.settled and message.channel.is_open:
+                message.nack(requeue=True)
+
+    @asynccontextmanager
+    async def next_task(
+        self, timeout: float | None = 5.0, *, fail: bool = True
+    ) -> AsyncIterator[IncomingTask | None]:
+        """``async with queue.next_task(timeout=1.0) as task:`` takes one task (pull).
+
+        Waits up to ``timeout`` seconds for a task. When the block exits, a processed task's
+        result is sent and it is acknowledged; an unprocessed one is requeued.
+
+        Raises:
+            QueueEmpty: no task arrived in time (with ``fail=False``, ``None`` is yielded).
+        """
+        task = await self._get_task(timeout)
+        if task is None:
+            if fail:
+                raise QueueEmpty(f"no task in queue {self.name!r}")
+            yield None
+            return
+        try:
+            yield task
+        finally:
+            with anyio.CancelScope(shield=True):
+                await task._finish()
+
+    async def _get_task(self, timeout: float | None) -> IncomingTask | None:
+        """One task by ``basic_get``, polling until ``timeout`` (0: just once)."""
+        comm = self._comm
+        comm._check_open()
+        await self._ensure_declared()
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        while True:
+            channel = await self._get_channel()
+            message = await channel.basic_get(self.name)
+            if message is not None:
+                try:
+                    task, no_reply = wire.decode_task(comm._decode(message))
+                except UndecodableMessage as exc:
+                    await comm._reject_undecodable(message, exc, self.exchange, with_host=True)
+                    continue
+                return IncomingTask(self, message, task, no_reply)
+            if deadline is not None and anyio.current_time() >= deadline:
+                return None
+            await anyio.sleep(NEXT_TASK_POLL)
+
+    def __aiter__(self) -> _TaskIterator:
+        """``async for task in queue``: every task now in the queue, without waiting.
+
+        Tasks not processed by the end of the iteration are requeued.
+        """
+        return _TaskIterator(self)
+
+
+class _TaskIterator:
+    def __init__(self, queue: TaskQueue) -> None:
+        self._queue = queue
+        self._held: list[IncomingTask] = []
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> IncomingTask:
+        held = self._held
+        for done in [t for t in held if t.state == "processing"]:
+            held.remove(done)
+            await done._finish()
+        task = await self._queue._get_task(0)
+        if task is None:
+            with anyio.CancelScope(shield=True):
+                for pending in held:
+                    await pending._finish()
+                held.clear()
+            raise StopAsyncIteration
+        held.append(task)
+        return task
+
+
+class Communicator:
+    """kiwiPy's communicator for trio and asyncio. Create it with :func:`connect`.
+
+    Args:
+        url: ``amqp://`` or ``amqps://`` URL of the broker.
+        message_exchange: the exchange of RPCs and broadcasts.
+        task_exchange: the exchange of task queues.
+        task_queue: the default task queue.
+        task_prefetch_size: byte limit of unacknowledged tasks (0: none).
+        task_prefetch_count: tasks a worker handles at once (kiwiPy's default 0 means no
+            limit; ours is 1).
+        encoder: a kiwiPy-style encoder ``obj -> bytes`` (with ``decoder``).
+        decoder: a kiwiPy-style decoder ``bytes -> obj``.
+        codec: a :class:`~kiwi_anyio.codecs.Codec` instead of encoder/decoder (default:
+            YAML written as kiwiPy writes it, decoded safely).
+        queue_expires: ms an unused RPC queue lives (``x-expires``).
+        testing_mode: auto-delete exchanges and a non-durable task queue, as kiwiPy.
+        queue_type: ``"quorum"`` to declare task queues as quorum queues (new queues only).
+        ssl_context: TLS context for ``amqps://``.
+        **connection_options: any :class:`~kiwi_anyio.protocol.ConnectionParameters` field
+            (``heartbeat``, ``connection_timeout`` …).
+    """
+
+    def __init__(
+        self,
+        url: str | ConnectionParameters | None = None,
+        *,
+        message_exchange: str = wire.MESSAGE_EXCHANGE,
+        task_exchange: str = wire.TASK_EXCHANGE,
+        task_queue: str = wire.TASK_QUEUE,
+        task_prefetch_size: int = 0,
+        task_prefetch_count: int = DEFAULT_TASK_PREFETCH,
+        encoder: Callable[[Any], bytes] | None = None,
+        decoder: Callable[[bytes], Any] | None = None,
+        codec: Codec | None = None,
+        queue_expires: int = wire.QUEUE_EXPIRES,
+        testing_mode: bool = False,
+        queue_type: str | None = None,
+        ssl_context: Any = None,
+        **connection_options: Any,
+    ) -> None:
+        if isinstance(url, ConnectionParameters):
+            self._params = url
+        else:
+            self._params = parse_url(
+                url or DEFAULT_URL, ssl_context=ssl_context, **connection_options
+            )
+        if codec is None:
+            if encoder is not None or decoder is not None:
+                codec = codec_from_functions(encoder or YAML.encode, decoder or YAML.decode)
+            else:
+                codec = YAML
+        self._codec = codec
+        decoder_for(None, codec)  # validates the codec choice early
+        self.message_exchange = message_exchange
+        self.task_exchange = task_exchange
+        self.task_queue_name = task_queue
+        self.task_prefetch_size = task_prefetch_size
+        self.task_prefetch_count = task_prefetch_count
+        self.queue_expires = queue_expires
+        self.testing_mode = testing_mode
+        self.queue_type = queue_type
+        self._state = "new"
+        self._connection_: Connection | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._cm: Any = None
+        self._publisher: Channel | None = None
+        self._declarer: Channel | None = None
+        self._subscriber_channel: Channel | None = None
+        self._channel_lock = anyio.Lock()
+        self._exchanges: set[str] = set()
+        self._reply_queue = f"{message_exchange}-reply-{uuid.uuid4()}"
+        self._reply_consumer: _ConsumerHandle | None = None
+        self._reply_bindings: set[str] = set()
+        self._reply_lock = anyio.Lock()
+        self._pending: dict[str, Future[Any]] = {}
+        self._rpc_subscribers: dict[str, tuple[str, _ConsumerHandle]] = {}
+        self._broadcast_subscribers: dict[str, Subscriber] = {}
+        self._broadcast_queue: str | None = None
+        self._broadcast_consumer: _ConsumerHandle | None = None
+        self._broadcast_lock = anyio.Lock()
+        self._task_queues: dict[str, TaskQueue] = {}
+
+    def __repr__(self) -> str:
+        return f"<Communicator {self._params.redacted_url()} {self._state}>"
+
+    # ------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise RuntimeError("a Communicator can be entered only once")
+        self._cm = self._lifetime()
+        await self._cm.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        result: bool | None = await self._cm.__aexit__(exc_type, exc, tb)
+        return result
+
+    @asynccontextmanager
+    async def _lifetime(self) -> AsyncIterator[None]:
+        user_exc: BaseException | None = None
+        self._state = "connecting"
+        try:
+            async with amqp_connect(self._params) as connection:
+                self._connection_ = connection
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    try:
+                        self._publisher = await connection.channel(publisher_confirms=True)
+                        self._state = "open"
+                        yield
+                    except BaseException as exc:
+                        user_exc = exc
+                    finally:
+                        self._state = "closing"
+                        self._fail_pending()
+                        tg.cancel_scope.cancel()
+        finally:
+            self._state = "closed"
+            self._fail_pending()
+        if user_exc is not None:
+            raise user_exc
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(CommunicatorClosed("the communicator closed"))
+
+    def is_closed(self) -> bool:
+        """True once the communicator has closed (or is closing)."""
+        return self._state in ("closing", "closed")
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise CommunicatorClosed(f"the communicator is {self._state}")
+
+    @property
+    def _connection(self) -> Connection:
+        self._check_open()
+        assert self._connection_ is not None
+        return self._connection_
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        """The broker's properties (``product``, ``version``, ``platform`` …)."""
+        return self._connection.server_properties
+
+    def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(fn)
+
+    # ------------------------------------------------------------ channels and topology
+
+    async def _channel(self, attr: str, confirms: bool = False) -> Channel:
+        channel: Channel | None = getattr(self, attr)
+        if channel is not None and channel.is_open:
+            return channel
+        async with self._channel_lock:
+            channel = getattr(self, attr)
+            if channel is None or not channel.is_open:
+                channel = await self._connection.channel(publisher_confirms=confirms)
+                setattr(self, attr, channel)
+            assert channel is not None
+            return channel
+
+    async def _declare(self, operation: Callable[[Channel], Awaitable[Any]], what: str) -> Any:
+        """Run a declaration on the declaring channel (reopened after a broker error)."""
+        channel = await self._channel("_declarer")
+        try:
+            return await operation(channel)
+        except ChannelClosed as exc:
+            raise DeliveryFailed(f"cannot declare {what}: {exc}") from exc
+
+    async def _ensure_exchange(self, exchange: str) -> None:
+        if exchange in self._exchanges:
+            return
+        await self._declare(
+            lambda ch: ch.exchange_declare(
+                exchange, "topic", durable=False, auto_delete=self.testing_mode
+            ),
+            f"exchange {exchange!r}",
+        )
+        self._exchanges.add(exchange)
+
+    # ------------------------------------------------------------ consumers
+
+    async def _start_consumer(
+        self,
+        channel: Channel,
+        queue: str,
+        on_message: Callable[[Message], Coroutine[Any, Any, None]],
+        *,
+        what: str,
+        no_ack: bool = False,
+        consumer_tag: str = "",
+        sequential: bool = False,
+    ) -> _ConsumerHandle:
+        handle = _ConsumerHandle()
+        assert self._tg is not None
+        await self._tg.start(
+            self._run_consumer,
+            handle,
+            channel,
+            queue,
+            on_message,
+            what,
+            no_ack,
+            consumer_tag,
+            sequential,
+        )
+        return handle
+
+    async def _run_consumer(
+        self,
+        handle: _ConsumerHandle,
+        channel: Channel,
+        queue: str,
+        on_message: Callable[[Message], Coroutine[Any, Any, None]],
+        what: str,
+        no_ack: bool,
+        consumer_tag: str,
+        sequential: bool,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        started = False
+        try:
+            with handle.scope:
+                consumer = channel.basic_consume(queue, no_ack=no_ack, consumer_tag=consumer_tag)
+                async with consumer:
+                    started = True
+                    task_status.started()
+                    async with anyio.create_task_group() as handlers:
+                        async for message in consumer:
+                            if sequential:
+                                await on_message(message)
+                            else:
+                                handlers.start_soon(on_message, message)
+        except AMQPError as exc:
+            if not started:
+                raise
+            if self._state == "open" and not isinstance(exc, ConnectionClosed):
+                logger.error("consumer of %s stopped: %s", what, exc)
+        finally:
+            handle.done.set()
+
+    async def _call(self, subscriber: Subscriber, *args: Any) -> Any:
+        """Call a subscriber: ``async def`` in the loop, plain functions in a worker thread."""
+        if _is_async(subscriber):
+            return await subscriber(*args)
+        result = await anyio.to_thread.run_sync(subscriber, *args, abandon_on_cancel=True)
+        if inspect.iscoroutine(result):  # e.g. a plain wrapper around an async function
+            result = await result
+        return result
+
+    def _decode(self, message: Message) -> Any:
+        codec = decoder_for(message.properties.content_type, self._codec)
+        return codec.decode(message.body)
+
+    async def _reject_undecodable(
+        self, message: Message, exc: UndecodableMessage, exchange: str, *, with_host: bool = False
+    ) -> None:
+        logger.warning(
+            "rejected undecodable message %s from %r (routing key %r): %s",
+            message.delivery_tag,
+            message.exchange,
+            message.routing_key,
+            exc,
+        )
+        if message.properties.reply_to and message.properties.correlation_id:
+            try:
+                await self._send_reply(
+                    message, wire.exception_reply(exc, with_host=with_host), exchange
+                )
+            except AMQPError as error:
+                logger.warning("could not tell the sender: %s", error)
+        if not message.settled and message.channel.is_open:
+            message.reject(requeue=False)
+
+    # ------------------------------------------------------------ publishing
+
+    async def _publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        properties: Properties,
+        mandatory: bool,
+        what: str,
+    ) -> None:
+        for attempt in (1, 2):
+            channel = await self._channel("_publisher", confirms=True)
+            try:
+                await channel.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=mandatory,
+                )
+                return
+            except MessageReturned:
+                raise
+            except ChannelClosed as exc:
+                if self._state != "open":
+                    raise CommunicatorClosed(
+                        f"the communicator closed while sending {what}"
+                    ) from exc
+                if attempt == 1 and exc.reply_code == 404 and exchange in self._exchanges:
+                    # the exchange vanished (auto-delete, or deleted by someone): redeclare
+                    self._exchanges.discard(exchange)
+                    await self._ensure_exchange(exchange)
+                    continue
+                raise DeliveryFailed(f"cannot send {what}: {exc}") from exc
+
+    async def _send_request(
+        self,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        persistent: bool,
+        no_reply: bool,
+        what: str,
+    ) -> Future[Any] | None:
+        correlation_id = str(uuid.uuid4())
+        future: Future[Any] | None = None
+        if not no_reply:
+            await self._ensure_reply_queue(exchange)
+            future = self._new_pending(correlation_id)
+        properties = Properties(
+            content_type=self._codec.content_type,
+            delivery_mode=2 if persistent else 1,
+            correlation_id=correlation_id,
+            reply_to=self._reply_queue,
+            message_id=uuid.uuid4().hex,
+        )
+        try:
+            await self._publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=True,
+                what=what,
+            )
+        except BaseException:
+            if future is not None:
+                self._pending.pop(correlation_id, None)
+                future.cancel()
+            raise
+        return future
+
+    async def _send_reply(self, request: Message, reply: dict[str, Any], exchange: str) -> None:
+        reply_to = request.properties.reply_to
+        if not reply_to:
+            logger.warning("cannot reply to message %s: it has no reply_to", request.delivery_tag)
+            return
+        try:
+            body = self._codec.encode(reply)
+        except (TypeError, ValueError) as exc:
+            body = self._codec.encode(wire.exception_reply(exc))
+        await self._publish(
+            body,
+            exchange=exchange,
+            routing_key=reply_to,
+            properties=Properties(
+                content_type=self._codec.content_type,
+                correlation_id=request.properties.correlation_id,
+            ),
+            mandatory=False,
+            what=f"reply to {reply_to!r}",
+        )
+
+    # ------------------------------------------------------------ replies
+
+    def _new_pending(self, correlation_id: str) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._pending[correlation_id] = future
+
+        def forget(f: Future[Any]) -> None:
+            if f.cancelled() and self._pending.get(correlation_id) is f:
+                del self._pending[correlation_id]
+
+        future.add_done_callback(forget)
+        return future
+
+    async def _ensure_reply_queue(self, exchange: str) -> None:
+        if exchange in self._reply_bindings:
+            return
+        async with self._reply_lock:
+            if exchange in self._reply_bindings:
+                return
+            await self._ensure_exchange(exchange)
+            if self._reply_consumer is None:
+                await self._declare(
+                    lambda ch: ch.queue_declare(
+                        self._reply_queue,
+                        exclusive=True,
+                        auto_delete=self.testing_mode,
+                        arguments={"x-expires": wire.REPLY_QUEUE_EXPIRES},
+                    ),
+                    "reply queue",
+                )
+                channel = await self._connection.channel()
+                self._reply_consumer = await self._start_consumer(
+                    channel,
+                    self._reply_queue,
+                    self._on_reply,
+                    what="reply queue",
+                    no_ack=True,
+                    sequential=True,
+                )
+            await self._declare(
+                lambda ch: ch.queue_bind(
+                    self._reply_queue, exchange, routing_key=self._reply_queue
+                ),
+                "reply queue binding",
+            )
+            self._reply_bindings.add(exchange)
+
+    async def _on_reply(self, message: Message) -> None:
+        correlation_id = message.properties.correlation_id or ""
+        future = self._pending.pop(correlation_id, None)
+        if future is None or future.done():
+            logger.debug("dropped a reply for unknown correlation id %r", correlation_id)
+            return
+        try:
+            kind, value = wire.parse_reply(self._decode(message))
+        except UndecodableMessage as exc:
+            future.set_exception(exc)
+            return
+        if kind is wire.PENDING:
+            future.set_result(self._new_pending(correlation_id))
+        elif kind is wire.CANCELLED:
+            future.cancel()
+        elif kind == wire.EXCEPTION_KEY:
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+
+    # ------------------------------------------------------------ tasks
+
+    def task_queue(
+        self,
+        name: str,
+        prefetch_count: int | None = None,
+        prefetch_size: int = 0,
+    ) -> TaskQueue:
+        """A task queue on the task exchange (declared durable on first use)."""
+        self._check_open()
+        queue = self._task_queues.get(name)
+        if queue is None:
+            queue = TaskQueue(
+                self,
+                name,
+                exchange=self.task_exchange,
+                prefetch_count=self.task_prefetch_count
+                if prefetch_count is None
+                else prefetch_count,
+                prefetch_size=prefetch_size,
+            )
+            self._task_queues[name] = queue
+        return queue
+
+    def _default_queue(self) -> TaskQueue:
+        return self.task_queue(
+            self.task_queue_name, self.task_prefetch_count, self.task_prefetch_size
+        )
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> Future[Any] | None:
+        """Send a task to the default queue (see :meth:`TaskQueue.task_send`)."""
+        return await self._default_queue().task_send(task, no_reply)
+
+    async def add_task_subscriber(
+        self, subscriber: Subscriber, identifier: str | None = None
+    ) -> str:
+        """Subscribe to the default task queue (see :meth:`TaskQueue.add_task_subscriber`)."""
+        return await self._default_queue().add_task_subscriber(subscriber, identifier)
+
+    async def remove_task_subscriber(self, identifier: str) -> None:
+        """Remove a subscriber of the default task queue."""
+        self._check_open()
+        await self._default_queue().remove_task_subscriber(identifier)
+
+    def task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> Any:
+        """``async with comm.task_subscriber(fn) as ident:`` on the default task queue."""
+        return self._default_queue().task_subscriber(subscriber, identifier)
+
+    # ------------------------------------------------------------ RPC
+
+    async def rpc_send(self, recipient_id: str, msg: Any) -> Future[Any]:
+        """Call the RPC subscriber ``recipient_id``; returns a future of its reply.
+
+        Raises:
+            UnroutableError: no subscriber with this identifier exists.
+        """
+        self._check_open()
+        await self._ensure_exchange(self.message_exchange)
+        try:
+            future = await self._send_request(
+                self._codec.encode(msg),
+                exchange=self.message_exchange,
+                routing_key=wire.rpc_routing_key(recipient_id),
+                persistent=False,
+                no_reply=False,
+                what=f"RPC to {recipient_id!r}",
+            )
+        except MessageReturned as exc:
+            raise UnroutableError(f"no RPC subscriber {recipient_id!r}: {exc}") from None
+        assert future is not None
+        return future
+
+    async def add_rpc_subscriber(
+        self, subscriber: Subscriber, identifier: str | None = None
+    ) -> str:
+        """Add ``subscriber(comm, msg)`` for RPCs to ``identifier``; returns the identifier.
+
+        Raises:
+            DuplicateSubscriberIdentifier: this identifier is taken, here or by another
+                kiwi_anyio process on the broker.
+            ValueError: the identifier contains ``*`` or ``#`` (they would act as wildcards).
+        """
+        self._check_open()
+        identifier = identifier or _new_id()
+        if "*" in identifier or "#" in identifier:
+            raise ValueError(f"an RPC identifier cannot contain '*' or '#': {identifier!r}")
+        if identifier in self._rpc_subscribers:
+            raise DuplicateSubscriberIdentifier(f"RPC subscriber {identifier!r} already exists")
+        await self._ensure_exchange(self.message_exchange)
+        queue = f"{self.message_exchange}.rpc.{identifier}"
+        placeholder = _ConsumerHandle()
+        self._rpc_subscribers[identifier] = (queue, placeholder)
+        try:
+            channel = await self._declarer_for_exclusive(queue, identifier)
+            await channel.queue_bind(
+                queue, self.message_exchange, routing_key=wire.rpc_routing_key(identifier)
+            )
+            subscriber_channel = await self._channel("_subscriber_channel")
+
+            async def on_rpc(message: Message) -> None:
+                await self._on_rpc(subscriber, message)
+
+            handle = await self._start_consumer(
+                subscriber_channel,
+                queue,
+                on_rpc,
+                what=f"RPC subscriber {identifier!r}",
+                consumer_tag=identifier,
+            )
+        except BaseException:
+            self._rpc_subscribers.pop(identifier, None)
+            raise
+        self._rpc_subscribers[identifier] = (queue, handle)
+        return identifier
+
+    async def _declarer_for_exclusive(self, queue: str, identifier: str) -> Channel:
+        channel = await self._channel("_declarer")
+        try:
+            await channel.queue_declare(
+                queue,
+                exclusive=True,
+                arguments={"x-message-ttl": wire.RPC_MESSAGE_TTL, "x-expires": self.queue_expires},
+            )
+        except ChannelClosed as exc:
+            if exc.reply_code == 405:
+                raise DuplicateSubscriberIdentifier(
+                    f"RPC subscriber {identifier!r} already exists in another process"
+                ) from None
+            raise DeliveryFailed(
+                f"cannot declare the queue of RPC subscriber {identifier!r}: {exc}"
+            ) from exc
+        return channel
+
+    async def remove_rpc_subscriber(self, identifier: str) -> None:
+        """Remove an RPC subscriber.
+
+        Raises:
+            ValueError: no subscriber has this identifier.
+        """
+        self._check_open()
+        try:
+            queue, handle = self._rpc_subscribers.pop(identifier)
+        except KeyError:
+            raise ValueError(f"unknown RPC subscriber {identifier!r}") from None
+        await handle.stop()
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._declare(lambda ch: ch.queue_delete(queue), f"RPC queue {queue!r}")
+            except (DeliveryFailed, AMQPError) as exc:
+                logger.warning("could not delete RPC queue %r: %s", queue, exc)
+
+    @asynccontextmanager
+    async def rpc_subscriber(
+        self, subscriber: Subscriber, identifier: str | None = None
+    ) -> AsyncIterator[str]:
+        """``async with comm.rpc_subscriber(fn, "id") as ident:``; removed on exit."""
+        ident = await self.add_rpc_subscriber(subscriber, identifier)
+        try:
+            yield ident
+        finally:
+            with anyio.CancelScope(shield=True):
+                if ident in self._rpc_subscribers and self._state == "open":
+                    await self.remove_rpc_subscriber(ident)
+
+    async def _on_rpc(self, subscriber: Subscriber, message: Message) -> None:
+        try:
+            try:
+                msg = self._decode(message)
+            except UndecodableMessage as exc:
+                await self._reject_undecodable(message, exc, self.message_exchange)
+                return
+            try:
+                result = await self._call(subscriber, self, msg)
+                while _is_future_like(result):
+                    await self._send_reply(message, wire.pending_reply(), self.message_exchange)
+                    result = await _resolve(result)
+            except concurrent.futures.CancelledError as exc:
+                reply = wire.cancelled_reply(str(exc) or None)
+            except Exception as exc:
+                logger.info("RPC subscriber %r raised %r", subscriber, exc)
+                reply = wire.exception_reply(exc)
+            else:
+                reply = wire.result_reply(result)
+            await self._send_reply(message, reply, self.message_exchange)
+            message.ack()
+        except AMQPError as exc:
+            logger.warning("RPC %s not answered: %s", message.delivery_tag, exc)
+        finally:
+            if not message.settled and message.channel.is_open:
+                message.nack(requeue=True)
+
+    # ------------------------------------------------------------ broadcasts
+
+    async def broadcast_send(
+        self,
+        body: Any,
+        sender: Any = None,
+        subject: Any = None,
+        correlation_id: Any = None,
+    ) -> bool:
+        """Send a broadcast to every subscriber whose filters match; returns True once the
+        broker confirmed it (nobody listening is not an error)."""
+        self._check_open()
+        await self._ensure_exchange(self.message_exchange)
+        await self._publish(
+            self._codec.encode(wire.encode_broadcast(body, sender, subject, correlation_id)),
+            exchange=self.message_exchange,
+            routing_key=wire.BROADCAST_ROUTING_KEY,
+            properties=Properties(content_type=self._codec.content_type, delivery_mode=1),
+            mandatory=False,
+            what="broadcast",
+        )
+        return True
+
+    async def add_broadcast_subscriber(
+        self, subscriber: Subscriber, identifier: str | None = None
+    ) -> str:
+        """Add ``subscriber(comm, body, sender, subject, correlation_id)``; returns its id.
+
+        Wrap it in a :class:`~kiwi_anyio.BroadcastFilter` to receive only some subjects or
+        senders. Subscribers receive broadcasts in order; one that raises is logged and the
+        others still get the message.
+        """
+        self._check_open()
+        identifier = identifier or _new_id()
+        if identifier in self._broadcast_subscribers:
+            raise DuplicateSubscriberIdentifier(
+                f"broadcast subscriber {identifier!r} already exists"
+            )
+        self._broadcast_subscribers[identifier] = subscriber
+        try:
+            async with self._broadcast_lock:
+                if self._broadcast_consumer is None:
+                    await self._ensure_exchange(self.message_exchange)
+                    queue = f"broadcast-{_new_id()}"
+                    await self._declare(
+                        lambda ch: ch.queue_declare(
+                            queue,
+                            exclusive=True,
+                            arguments={"x-message-ttl": wire.BROADCAST_MESSAGE_TTL},
+                        ),
+                        "broadcast queue",
+                    )
+                    await self._declare(
+                        lambda ch: ch.queue_bind(
+                            queue, self.message_exchange, routing_key=wire.BROADCAST_ROUTING_KEY
+                        ),
+                        "broadcast queue binding",
+                    )
+                    channel = await self._channel("_subscriber_channel")
+                    self._broadcast_consumer = await self._start_consumer(
+                        channel, queue, self._on_broadcast, what="broadcasts", sequential=True
+                    )
+                    self._broadcast_queue = queue
+        except BaseException:
+            self._broadcast_subscribers.pop(identifier, None)
+            raise
+        return identifier
+
+    async def remove_broadcast_subscriber(self, identifier: str) -> None:
+        """Remove a broadcast subscriber; the last one removed deletes the queue, so no
+        broadcasts pile up for nobody.
+
+        Raises:
+            ValueError: no subscriber has this identifier.
+        """
+        self._check_open()
+        try:
+            del self._broadcast_subscribers[identifier]
+        except KeyError:
+            raise ValueError(f"unknown broadcast subscriber {identifier!r}") from None
+        async with self._broadcast_lock:
+            if not self._broadcast_subscribers and self._broadcast_consumer is not None:
+                consumer, self._broadcast_consumer = self._broadcast_consumer, None
+                queue, self._broadcast_queue = self._broadcast_queue, None
+                await consumer.stop()
+                if queue is not None:
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await self._declare(
+                                lambda ch: ch.queue_delete(queue), "broadcast queue"
+                            )
+                        except AMQPError as exc:
+                            logger.warning("could not delete broadcast queue %r: %s", queue, exc)
+
+    @asynccontextmanager
+    async def broadcast_subscriber(
+        self, subscriber: Subscriber, identifier: str | None = None
+    ) -> AsyncIterator[str]:
+        """``async with comm.broadcast_subscriber(fn) as ident:``; removed on exit."""
+        ident = await self.add_broadcast_subscriber(subscriber, identifier)
+        try:
+            yield ident
+        finally:
+            with anyio.CancelScope(shield=True):
+                if ident in self._broadcast_subscribers and self._state == "open":
+                    await self.remove_broadcast_subscriber(ident)
+
+    async def _on_broadcast(self, message: Message) -> None:
+        try:
+            try:
+                body, sender, subject, correlation_id = wire.decode_broadcast(self._decode(message))
+            except UndecodableMessage as exc:
+                await self._reject_undecodable(message, exc, self.message_exchange)
+                return
+            args = (self, body, sender, subject, correlation_id)
+
+            async def deliver(subscriber: Subscriber) -> None:
+                try:
+                    if isinstance(subscriber, BroadcastFilter):
+                        if subscriber.is_filtered(sender, subject):
+                            return
+                        subscriber = subscriber.subscriber
+                    await self._call(subscriber, *args)
+                except Exception:
+                    logger.exception("broadcast subscriber %r raised", subscriber)
+
+            async with anyio.create_task_group() as tg:
+                for subscriber in list(self._broadcast_subscribers.values()):
+                    tg.start_soon(deliver, subscriber)
+            message.ack()
+        except AMQPError as exc:
+            logger.warning("broadcast %s not acknowledged: %s", message.delivery_tag, exc)
+        finally:
+            if not message.settled and message.channel.is_open:
+                message.nack(requeue=True)
+
+
+def connect(url: str | ConnectionParameters | None = None, **options: Any) -> Communicator:
+    """Create a communicator: ``async with kiwi_anyio.connect(url) as comm:``.
+
+    ``url`` defaults to the ``KIWI_ANYIO_URL`` environment variable, else kiwiPy's
+    ``amqp://guest:guest@127.0.0.1/``. Options are those of :class:`Communicator`.
+    """
+    import os
+
+    if url is None:
+        url = os.environ.get("KIWI_ANYIO_URL") or DEFAULT_URL
+    return Communicator(url, **options)

@@ -1,0 +1,42 @@
+"""kiwi_anyio's own AMQP 0-9-1 client.
+
+Two layers:
+
+* the sans-I/O core, :class:`AMQPConnection` (bytes in → :mod:`events <.events>` out,
+  commands in → bytes out), tested without a socket;
+* the anyio driver, :func:`connect`, giving :class:`Connection` and :class:`Channel` with
+  method names as pika and aiormq spell them (``queue_declare``, ``basic_publish`` …).
+"""
+
+from __future__ import annotations
+
+from . import events as events
+from ._connection import AMQPConnection as AMQPConnection
+from ._connection import ChannelState as ChannelState
+from ._connection import ConnectionState as ConnectionState
+from .client import Channel as Channel
+from .client import Connection as Connection
+from .client import Consumer as Consumer
+from .client import Message as Message
+from .client import connect as connect
+from .url import Address as Address
+from .url import ConnectionParameters as ConnectionParameters
+from .url import parse_url as parse_url
+
+Properties = events.Properties
+
+__all__ = [
+    "AMQPConnection",
+    "Address",
+    "Channel",
+    "ChannelState",
+    "Connection",
+    "ConnectionParameters",
+    "ConnectionState",
+    "Consumer",
+    "Message",
+    "Properties",
+    "connect",
+    "events",
+    "parse_url",
+]

@@ -1,0 +1,1234 @@
+"""The anyio driver: a socket, one reader task, one writer task, and the public client API.
+
+The only module of :mod:`kiwi_anyio.protocol` that does I/O. It feeds received bytes to the
+sans-I/O :class:`~kiwi_anyio.protocol.AMQPConnection` and sends what it queues. The reader
+never runs user code: it resolves waiters and puts deliveries into per-consumer streams.
+
+Usage::
+
+    async with kiwi_anyio.protocol.connect("amqp://guest:guest@localhost/") as conn:
+        async with conn.channel(publisher_confirms=True) as ch:
+            await ch.queue_declare("hello")
+            await ch.basic_publish(b"hi", routing_key="hello")
+            async with ch.basic_consume("hello") as consumer:
+                async for message in consumer:
+                    message.ack()
+                    break
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Generator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Final, Self
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pamqp import commands
+from pamqp.base import Frame
+
+from .. import __version__
+from ..exceptions import (
+    AMQPError,
+    AuthenticationError,
+    ChannelClosed,
+    ConnectionClosed,
+    ConnectionFailed,
+    ConsumerCancelled,
+    HeartbeatTimeout,
+    MessageReturned,
+    ProtocolError,
+    PublishNacked,
+    UndecodableContent,
+    VhostNotFound,
+)
+from . import events as ev
+from ._connection import AMQPConnection, ConnectionState
+from .url import ConnectionParameters, parse_url
+
+__all__ = ["Channel", "Connection", "Consumer", "Message", "connect"]
+
+logger = logging.getLogger(__name__)
+
+Properties = commands.Basic.Properties
+FieldTable = Mapping[str, Any]
+
+WRITE_HIGH_WATER: Final = 4 * 1024 * 1024  # publishers wait while more than this is unsent
+READ_SIZE: Final = 256 * 1024
+CLOSE_TIMEOUT: Final = 5.0
+
+
+class _Slot:
+    """A one-shot result for a request the reader answers."""
+
+    __slots__ = ("abandoned", "error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+    def set(self, value: Any) -> None:
+        self.value = value
+        self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.event.set()
+
+    async def wait(self) -> Any:
+        try:
+            await self.event.wait()
+        except BaseException:
+            self.abandoned = True
+            raise
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Message:
+    """A message received with :meth:`Channel.basic_consume` or :meth:`Channel.basic_get`.
+
+    Attributes:
+        body: the message body.
+        properties: the ``Basic.Properties`` (``correlation_id``, ``reply_to`` …).
+        delivery_tag: the channel's tag for this delivery.
+        redelivered: True if the broker delivered it before.
+        exchange: the exchange it was published to.
+        routing_key: its routing key.
+        consumer_tag: the consumer it was delivered to (None for ``basic_get``).
+        message_count: messages left in the queue (``basic_get`` only).
+    """
+
+    __slots__ = (
+        "_channel",
+        "_settled",
+        "body",
+        "consumer_tag",
+        "delivery_tag",
+        "exchange",
+        "message_count",
+        "no_ack",
+        "properties",
+        "redelivered",
+        "routing_key",
+    )
+
+    def __init__(
+        self,
+        channel: Channel,
+        event: ev.Delivery | ev.GetOk,
+        no_ack: bool,
+    ) -> None:
+        self._channel = channel
+        self.body = event.body
+        self.properties = event.properties
+        self.delivery_tag = event.delivery_tag
+        self.redelivered = event.redelivered
+        self.exchange = event.exchange
+        self.routing_key = event.routing_key
+        self.consumer_tag = event.consumer_tag if isinstance(event, ev.Delivery) else None
+        self.message_count = event.message_count if isinstance(event, ev.GetOk) else None
+        self.no_ack = no_ack
+        self._settled = no_ack
+
+    @property
+    def channel(self) -> Channel:
+        """The channel the message arrived on; acks go back on it."""
+        return self._channel
+
+    @property
+    def settled(self) -> bool:
+        """True once acked, nacked or rejected (always True for ``no_ack`` deliveries)."""
+        return self._settled
+
+    def _settle(self) -> None:
+        if self._settled:
+            raise RuntimeError(f"delivery {self.delivery_tag} was already acknowledged")
+        self._settled = True
+
+    def ack(self) -> None:
+        """Acknowledge the message (``Basic.Ack``).
+
+        Raises:
+            ChannelClosed: the channel is closed; the broker requeued the message.
+            RuntimeError: the message was already acknowledged.
+        """
+        self._channel._check()
+        self._settle()
+        self._channel.basic_ack(self.delivery_tag)
+
+    def nack(self, *, requeue: bool = True) -> None:
+        """Negatively acknowledge the message; ``requeue=False`` drops (or dead-letters) it."""
+        self._channel._check()
+        self._settle()
+        self._channel.basic_nack(self.delivery_tag, requeue=requeue)
+
+    def reject(self, *, requeue: bool = True) -> None:
+        """Reject the message (``Basic.Reject``)."""
+        self._channel._check()
+        self._settle()
+        self._channel.basic_reject(self.delivery_tag, requeue=requeue)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Message tag={self.delivery_tag} exchange={self.exchange!r} "
+            f"routing_key={self.routing_key!r} {len(self.body)} bytes>"
+        )
+
+
+class Consumer:
+    """An async iterator of :class:`Message` for one ``Basic.Consume``.
+
+    Use it as an async context manager: leaving the block cancels the consumer on the broker
+    (unacknowledged messages go back to the queue when the channel closes, or are requeued
+    now if they were never handed out).
+
+    Raises (from iteration):
+        ConsumerCancelled: the broker cancelled the consumer (e.g. the queue was deleted).
+        ChannelClosed: the channel was closed.
+    """
+
+    def __init__(self, channel: Channel, queue: str, no_ack: bool, kwargs: dict[str, Any]) -> None:
+        self._channel = channel
+        self.queue = queue
+        self.no_ack = no_ack
+        self._kwargs = kwargs
+        self.consumer_tag = ""
+        self._send: MemoryObjectSendStream[Message]
+        self._receive: MemoryObjectReceiveStream[Message]
+        self._send, self._receive = anyio.create_memory_object_stream[Message](math.inf)
+        self._error: BaseException | None = None
+        self._started = False
+
+    async def start(self) -> Self:
+        """Send ``Basic.Consume`` and wait for ``ConsumeOk``. ``async with`` calls it."""
+        ch = self._channel
+        reply = await ch._call(
+            commands.Basic.Consume(queue=self.queue, no_ack=self.no_ack, **self._kwargs),
+            register=self,
+        )
+        assert isinstance(reply, commands.Basic.ConsumeOk)
+        self.consumer_tag = reply.consumer_tag or ""
+        self._started = True
+        return self
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.cancel()
+
+    async def cancel(self) -> None:
+        """Cancel the consumer on the broker (``Basic.Cancel``); idempotent, shielded, bounded.
+
+        Messages that arrived but were not taken from the iterator are rejected with requeue.
+        """
+        ch = self._channel
+        tag = self.consumer_tag
+        if ch._consumers.pop(tag, None) is None:
+            return
+        self._send.close()
+        if not self.no_ack:
+            for message in _drain(self._receive):
+                if not message._settled and ch.is_open:
+                    message.reject(requeue=True)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+            if ch.is_open:
+                try:
+                    await ch._call(commands.Basic.Cancel(consumer_tag=tag))
+                except AMQPError:
+                    pass
+        self._receive.close()
+
+    def _deliver(self, message: Message) -> None:
+        self._send.send_nowait(message)
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._send.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if self._error is not None:
+                raise self._error from None
+            raise StopAsyncIteration from None
+
+
+def _drain(stream: MemoryObjectReceiveStream[Message]) -> list[Message]:
+    items = []
+    while True:
+        try:
+            items.append(stream.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return items
+
+
+class Channel:
+    """An AMQP channel. Get one with ``async with conn.channel() as ch:``.
+
+    Method names follow AMQP as pika and aiormq spell them. Synchronous methods are
+    awaited until the broker's reply; cancelling such an await leaves the channel in sync (the
+    late reply is discarded). A broker error (``Channel.Close``, e.g. 404 or 406) fails every
+    pending operation and consumer of this channel with :class:`ChannelClosed`; the connection
+    stays usable.
+    """
+
+    def __init__(self, connection: Connection, number: int, publisher_confirms: bool) -> None:
+        self._connection = connection
+        self._core = connection._core
+        self.number = number
+        self.publisher_confirms = publisher_confirms
+        self._waiters: deque[_Slot] = deque()
+        self._pending_consumers: deque[Consumer | None] = deque()
+        self._consumers: dict[str, Consumer] = {}
+        self._confirms: dict[int, _Slot] = {}
+        self._returned: dict[int, MessageReturned] = {}
+        self._closed: ChannelClosed | None = None
+        self._closed_event = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.number} of {self._connection}>"
+
+    @property
+    def is_open(self) -> bool:
+        """True until the channel is closed, by us or by the broker."""
+        return self._closed is None
+
+    @property
+    def close_reason(self) -> ChannelClosed | None:
+        """Why the channel closed, or None while it is open."""
+        return self._closed
+
+    def _check(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+        self._connection._check()
+
+    # ------------------------------------------------------------ the reader's side
+
+    def _on_closed(self, error: ChannelClosed) -> None:
+        if self._closed is None:
+            self._closed = error
+        for slot in self._waiters:
+            slot.fail(error)
+        self._waiters.clear()
+        for slot in self._confirms.values():
+            slot.fail(error)
+        self._confirms.clear()
+        for consumer in self._consumers.values():
+            consumer._fail(error)
+        self._consumers.clear()
+        self._pending_consumers.clear()
+        self._closed_event.set()
+
+    def _on_reply(self, value: Any) -> None:
+        slot = self._waiters.popleft()
+        consumer = self._pending_consumers.popleft()
+        if isinstance(value, commands.Basic.ConsumeOk) and consumer is not None:
+            if slot.abandoned:  # nobody will iterate: cancel it again
+                self._core.send_method(
+                    self.number, commands.Basic.Cancel(consumer_tag=value.consumer_tag)
+                )
+                self._waiters.append(_Slot())
+                self._waiters[-1].abandoned = True
+                self._pending_consumers.append(None)
+                self._connection._wake_writer()
+            else:
+                self._consumers[value.consumer_tag or ""] = consumer
+        if isinstance(value, ev.UndecodableDelivery):
+            slot.fail(UndecodableContent(f"basic_get: undecodable content header: {value.error}"))
+        elif not slot.abandoned:
+            slot.set(value)
+        elif isinstance(value, ev.GetOk):  # an abandoned basic_get: give the message back
+            self._core.reject(self.number, value.delivery_tag, requeue=True)
+            self._connection._wake_writer()
+
+    def _on_delivery(self, event: ev.Delivery) -> None:
+        consumer = self._consumers.get(event.consumer_tag)
+        if consumer is None:
+            self._core.reject(self.number, event.delivery_tag, requeue=True)
+            self._connection._wake_writer()
+            return
+        consumer._deliver(Message(self, event, consumer.no_ack))
+
+    def _on_confirm(self, event: ev.PublishConfirmed) -> None:
+        confirms = self._confirms
+        if event.multiple:
+            tags = []
+            for tag in confirms:
+                if tag > event.delivery_tag:
+                    break
+                tags.append(tag)
+        else:
+            tags = [event.delivery_tag]
+        for tag in tags:
+            slot = confirms.pop(tag, None)
+            returned = self._returned.pop(tag, None) if self._returned else None
+            if slot is None:
+                continue
+            if returned is not None:
+                slot.fail(returned)
+            elif event.ack:
+                slot.set(None)
+            else:
+                slot.fail(
+                    PublishNacked(f"the broker nacked publish {tag} on channel {self.number}")
+                )
+
+    def _on_return(self, event: ev.Returned) -> None:
+        if event.delivery_tag is not None and event.delivery_tag in self._confirms:
+            self._returned[event.delivery_tag] = MessageReturned(
+                event.reply_code, event.reply_text, event.exchange, event.routing_key
+            )
+        else:
+            logger.warning(
+                "%s: message to %r/%r returned: %s %s",
+                self,
+                event.exchange,
+                event.routing_key,
+                event.reply_code,
+                event.reply_text,
+            )
+
+    def _on_consumer_cancelled(self, tag: str) -> None:
+        consumer = self._consumers.pop(tag, None)
+        if consumer is not None:
+            consumer._fail(
+                ConsumerCancelled(
+                    0, f"the broker cancelled consumer {tag!r} of queue {consumer.queue!r}"
+                )
+            )
+
+    # ------------------------------------------------------------ requests
+
+    async def _call(self, method: Frame, *, register: Consumer | None = None) -> Any:
+        self._check()
+        slot = _Slot()
+        self._core.send_method(self.number, method)
+        self._waiters.append(slot)
+        self._pending_consumers.append(register)
+        self._connection._wake_writer()
+        return await slot.wait()
+
+    async def exchange_declare(
+        self,
+        exchange: str,
+        exchange_type: str = "direct",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: FieldTable | None = None,
+    ) -> None:
+        """Declare an exchange (``Exchange.Declare``)."""
+        await self._call(
+            commands.Exchange.Declare(
+                exchange=exchange,
+                exchange_type=exchange_type,
+                passive=passive,
+                durable=durable,
+                auto_delete=auto_delete,
+                internal=internal,
+                arguments=dict(arguments or {}),
+            )
+        )
+
+    async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
+        """Delete an exchange."""
+        await self._call(commands.Exchange.Delete(exchange=exchange, if_unused=if_unused))
+
+    async def exchange_bind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: FieldTable | None = None,
+    ) -> None:
+        """Bind exchange ``destination`` to exchange ``source`` (a RabbitMQ extension)."""
+        await self._call(
+            commands.Exchange.Bind(
+                destination=destination,
+                source=source,
+                routing_key=routing_key,
+                arguments=dict(arguments or {}),
+            )
+        )
+
+    async def exchange_unbind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: FieldTable | None = None,
+    ) -> None:
+        """Remove an exchange-to-exchange binding."""
+        await self._call(
+            commands.Exchange.Unbind(
+                destination=destination,
+                source=source,
+                routing_key=routing_key,
+                arguments=dict(arguments or {}),
+            )
+        )
+
+    async def queue_declare(
+        self,
+        queue: str = "",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: FieldTable | None = None,
+    ) -> commands.Queue.DeclareOk:
+        """Declare a queue; ``queue=""`` lets the broker name it.
+
+        Returns:
+            ``Queue.DeclareOk`` with ``queue`` (the name), ``message_count`` and
+            ``consumer_count``.
+        """
+        reply = await self._call(
+            commands.Queue.Declare(
+                queue=queue,
+                passive=passive,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=dict(arguments or {}),
+            )
+        )
+        assert isinstance(reply, commands.Queue.DeclareOk)
+        return reply
+
+    async def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: FieldTable | None = None,
+    ) -> None:
+        """Bind a queue to an exchange."""
+        await self._call(
+            commands.Queue.Bind(
+                queue=queue,
+                exchange=exchange,
+                routing_key=routing_key,
+                arguments=dict(arguments or {}),
+            )
+        )
+
+    async def queue_unbind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: FieldTable | None = None,
+    ) -> None:
+        """Remove a queue binding."""
+        await self._call(
+            commands.Queue.Unbind(
+                queue=queue,
+                exchange=exchange,
+                routing_key=routing_key,
+                arguments=dict(arguments or {}),
+            )
+        )
+
+    async def queue_purge(self, queue: str) -> int:
+        """Remove every ready message from a queue; returns how many."""
+        reply = await self._call(commands.Queue.Purge(queue=queue))
+        assert isinstance(reply, commands.Queue.PurgeOk)
+        return int(reply.message_count or 0)
+
+    async def queue_delete(
+        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; returns how many messages it held."""
+        reply = await self._call(
+            commands.Queue.Delete(queue=queue, if_unused=if_unused, if_empty=if_empty)
+        )
+        assert isinstance(reply, commands.Queue.DeleteOk)
+        return int(reply.message_count or 0)
+
+    async def basic_qos(
+        self, prefetch_count: int = 0, prefetch_size: int = 0, *, global_: bool = False
+    ) -> None:
+        """Limit unacknowledged deliveries per consumer (``global_``: per channel)."""
+        await self._call(
+            commands.Basic.Qos(
+                prefetch_size=prefetch_size, prefetch_count=prefetch_count, global_=global_
+            )
+        )
+
+    async def confirm_select(self) -> None:
+        """Put the channel in publisher-confirm mode (``conn.channel(publisher_confirms=True)``)."""
+        await self._call(commands.Confirm.Select())
+        self.publisher_confirms = True
+
+    def basic_consume(
+        self,
+        queue: str,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str = "",
+        arguments: FieldTable | None = None,
+    ) -> Consumer:
+        """Consume from a queue: ``async with ch.basic_consume(q) as consumer:``.
+
+        The consumer is an async iterator of :class:`Message`. Deliveries are buffered per
+        consumer (bound them with :meth:`basic_qos`); the reader never waits for you.
+        """
+        self._check()
+        return Consumer(
+            self,
+            queue,
+            no_ack,
+            {
+                "exclusive": exclusive,
+                "consumer_tag": consumer_tag,
+                "arguments": dict(arguments or {}),
+            },
+        )
+
+    async def basic_get(self, queue: str, *, no_ack: bool = False) -> Message | None:
+        """Fetch one message, or None if the queue is empty.
+
+        Cancellation: if the await is cancelled after the request went out, a message that
+        arrives anyway is rejected with requeue.
+        """
+        reply = await self._call(commands.Basic.Get(queue=queue, no_ack=no_ack))
+        if isinstance(reply, ev.GetOk):
+            return Message(self, reply, no_ack)
+        return None
+
+    async def basic_cancel(self, consumer_tag: str) -> None:
+        """Cancel a consumer by tag (prefer leaving the :class:`Consumer` block)."""
+        consumer = self._consumers.get(consumer_tag)
+        if consumer is not None:
+            await consumer.cancel()
+        else:
+            await self._call(commands.Basic.Cancel(consumer_tag=consumer_tag))
+
+    def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
+        """Acknowledge deliveries (queued for the writer; never blocks)."""
+        self._check()
+        self._core.ack(self.number, delivery_tag, multiple=multiple)
+        self._connection._wake_writer()
+
+    def basic_nack(
+        self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
+    ) -> None:
+        """Negatively acknowledge deliveries."""
+        self._check()
+        self._core.nack(self.number, delivery_tag, multiple=multiple, requeue=requeue)
+        self._connection._wake_writer()
+
+    def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
+        """Reject one delivery."""
+        self._check()
+        self._core.reject(self.number, delivery_tag, requeue=requeue)
+        self._connection._wake_writer()
+
+    async def basic_publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        properties: Properties | None = None,
+        mandatory: bool = False,
+    ) -> None:
+        """Publish a message.
+
+        On a confirm channel this returns once the broker confirmed the message; many
+        publishes from concurrent tasks are pipelined. While the broker has blocked the
+        connection, or too much is unsent, it waits first.
+
+        Raises:
+            MessageReturned: ``mandatory`` and nothing could route it (an ``UnroutableError``).
+            PublishNacked: the broker nacked it.
+            ChannelClosed: the channel closed before the confirm.
+
+        Cancellation: cancelled before the message is queued, nothing was sent; cancelled
+        while waiting for the confirm, the message stays published and the confirm is
+        ignored.
+        """
+        connection = self._connection
+        if connection._core.blocked or connection._core.bytes_to_send > WRITE_HIGH_WATER:
+            await connection._wait_writable()
+        self._check()
+        tag = self._core.publish(
+            self.number, exchange, routing_key, body, properties, mandatory=mandatory
+        )
+        connection._wake_writer()
+        if tag is None:
+            return
+        slot = _Slot()
+        self._confirms[tag] = slot
+        try:
+            await slot.wait()
+        finally:
+            if slot.abandoned:
+                self._confirms.pop(tag, None)
+                self._returned.pop(tag, None)
+
+    async def flow(self, active: bool) -> bool:
+        """Ask the broker to pause or resume deliveries (``Channel.Flow``)."""
+        reply = await self._call(commands.Channel.Flow(active=active))
+        assert isinstance(reply, commands.Channel.FlowOk)
+        return bool(reply.active)
+
+    async def aclose(self) -> None:
+        """Close the channel (``Channel.Close``); idempotent, shielded and time-bounded."""
+        if self._closed is not None:
+            return
+        with anyio.CancelScope(shield=True):
+            for consumer in list(self._consumers.values()):
+                with anyio.move_on_after(CLOSE_TIMEOUT):
+                    await consumer.cancel()
+            if self._closed is None and self._connection._core.is_open:
+                self._core.close_channel(self.number)
+                self._connection._wake_writer()
+                with anyio.move_on_after(CLOSE_TIMEOUT):
+                    await self._closed_event.wait()
+            self._on_closed(ChannelClosed(200, "channel closed by the client"))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _ChannelOpener:
+    """``conn.channel()``: awaitable, and an async context manager that closes the channel."""
+
+    def __init__(
+        self, connection: Connection, publisher_confirms: bool, prefetch: int | None
+    ) -> None:
+        self._connection = connection
+        self._confirms = publisher_confirms
+        self._prefetch = prefetch
+        self._channel: Channel | None = None
+
+    async def _open(self) -> Channel:
+        return await self._connection._open_channel(self._confirms, self._prefetch)
+
+    def __await__(self) -> Generator[Any, None, Channel]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Channel:
+        self._channel = await self._open()
+        return self._channel
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._channel is not None:
+            await self._channel.aclose()
+
+
+class Connection:
+    """An open AMQP connection. Get one with ``async with kiwi_anyio.protocol.connect(url)``.
+
+    Attributes:
+        params: the connection parameters (the password is not in their repr).
+        server_properties: the broker's properties (``product``, ``version``, ``platform``,
+            ``capabilities`` …).
+    """
+
+    def __init__(self, params: ConnectionParameters) -> None:
+        self.params = params
+        self._core = AMQPConnection(
+            params.username,
+            params.password,
+            params.virtual_host,
+            heartbeat=params.heartbeat,
+            frame_max=params.frame_max,
+            channel_max=params.channel_max,
+            auth_mechanisms=params.auth_mechanisms,
+            connection_name=params.connection_name,
+            version=__version__,
+        )
+        self._stream: anyio.abc.ByteStream | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._channels: dict[int, Channel] = {}
+        self._opening: dict[int, _Slot] = {}
+        self._writer_event: anyio.Event | None = None
+        self._writable = anyio.Event()
+        self._writable.set()
+        self._closed_event = anyio.Event()
+        self._failure: AMQPError | None = None
+        self._closing = False
+        self._last_recv = 0.0
+        self._last_send = 0.0
+        self.address = params.addresses[0]
+        self.server_properties: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.params.redacted_url()}>"
+
+    def __str__(self) -> str:
+        return f"amqp {self.address.host}:{self.address.port}"
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def is_open(self) -> bool:
+        """True from the end of the handshake until the connection closes or fails."""
+        return self._core.is_open and self._failure is None
+
+    @property
+    def is_blocked(self) -> bool:
+        """True while the broker has blocked publishing (``Connection.Blocked``)."""
+        return self._core.blocked
+
+    @property
+    def heartbeat(self) -> int:
+        """The negotiated heartbeat interval in seconds (0: off)."""
+        return self._core.heartbeat
+
+    @property
+    def frame_max(self) -> int:
+        """The negotiated largest frame size."""
+        return self._core.frame_max
+
+    @property
+    def channel_max(self) -> int:
+        """The negotiated highest channel number."""
+        return self._core.channel_max
+
+    @property
+    def failure(self) -> AMQPError | None:
+        """Why the connection failed, or None."""
+        return self._failure
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if not self._core.is_open:
+            raise ConnectionClosed(200, "the connection is closed")
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed or has failed."""
+        await self._closed_event.wait()
+
+    # ------------------------------------------------------------ channels
+
+    def channel(
+        self, *, publisher_confirms: bool = False, prefetch_count: int | None = None
+    ) -> _ChannelOpener:
+        """Open a channel: ``async with conn.channel() as ch:`` (or ``ch = await conn.channel()``).
+
+        Args:
+            publisher_confirms: put the channel in confirm mode.
+            prefetch_count: apply ``basic_qos(prefetch_count)`` right away.
+        """
+        return _ChannelOpener(self, publisher_confirms, prefetch_count)
+
+    async def _open_channel(self, publisher_confirms: bool, prefetch: int | None) -> Channel:
+        self._check()
+        number = self._core.open_channel()
+        channel = Channel(self, number, False)
+        self._channels[number] = channel
+        slot = _Slot()
+        channel._waiters.append(slot)
+        channel._pending_consumers.append(None)
+        self._wake_writer()
+        try:
+            await slot.wait()
+            if publisher_confirms:
+                await channel.confirm_select()
+            if prefetch is not None:
+                await channel.basic_qos(prefetch)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await channel.aclose()
+            raise
+        return channel
+
+    # ------------------------------------------------------------ writer
+
+    def _wake_writer(self) -> None:
+        event = self._writer_event
+        if event is not None:
+            self._writer_event = None
+            event.set()
+
+    async def _wait_writable(self) -> None:
+        while self._core.blocked or self._core.bytes_to_send > WRITE_HIGH_WATER:
+            self._check()
+            if self._writable.is_set():
+                self._writable = anyio.Event()
+            await self._writable.wait()
+
+    async def _writer(self) -> None:
+        assert self._stream is not None
+        stream = self._stream
+        core = self._core
+        while True:
+            data = core.data_to_send()
+            if not data:
+                if not self._writable.is_set() and not core.blocked:
+                    self._writable.set()
+                event = self._writer_event = anyio.Event()
+                await event.wait()
+                continue
+            await stream.send(data)
+            self._last_send = anyio.current_time()
+
+    # ------------------------------------------------------------ reader
+
+    async def _reader(self) -> None:
+        assert self._stream is not None
+        stream = self._stream
+        core = self._core
+        while True:
+            try:
+                data = await stream.receive(READ_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, ssl.SSLError) as exc:
+                self._lost(ConnectionClosed(0, f"connection to {self} lost: {exc!r}"))
+                return
+            self._last_recv = anyio.current_time()
+            try:
+                events = core.receive_data(data)
+            except ProtocolError as exc:
+                self._lost(exc)  # connect() still sends the queued Connection.Close
+                return
+            for event in events:
+                self._dispatch(event)
+            if core.bytes_to_send:
+                self._wake_writer()
+            if core.state is ConnectionState.CLOSED:
+                return
+
+    def _dispatch(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Delivery):
+            channel = self._channels.get(event.channel)
+            if channel is not None:
+                channel._on_delivery(event)
+        elif isinstance(event, ev.PublishConfirmed):
+            channel = self._channels.get(event.channel)
+            if channel is not None:
+                channel._on_confirm(event)
+        elif isinstance(event, ev.MethodReply | ev.GetOk | ev.ChannelOpened):
+            channel = self._channels.get(event.channel)
+            if channel is not None:
+                channel._on_reply(event if not isinstance(event, ev.MethodReply) else event.method)
+        elif isinstance(event, ev.UndecodableDelivery):
+            channel = self._channels.get(event.channel)
+            logger.warning(
+                "%s: rejected delivery %s on channel %s: undecodable content header: %s",
+                self,
+                event.delivery_tag,
+                event.channel,
+                event.error,
+            )
+            if channel is not None and event.consumer_tag is None:
+                channel._on_reply(event)
+        elif isinstance(event, ev.Returned):
+            channel = self._channels.get(event.channel)
+            if channel is not None:
+                channel._on_return(event)
+        elif isinstance(event, ev.ChannelClosed):
+            channel = self._channels.pop(event.channel, None)
+            if channel is not None:
+                if event.by_peer:
+                    logger.warning(
+                        "%s: broker closed channel %s: %s %s",
+                        self,
+                        event.channel,
+                        event.reply_code,
+                        event.reply_text,
+                    )
+                channel._on_closed(
+                    ChannelClosed(
+                        event.reply_code,
+                        event.reply_text,
+                        f"channel {event.channel} closed by the broker: "
+                        f"{event.reply_code} {event.reply_text}"
+                        if event.by_peer
+                        else None,
+                    )
+                )
+        elif isinstance(event, ev.ConsumerCancelled):
+            channel = self._channels.get(event.channel)
+            if channel is not None:
+                channel._on_consumer_cancelled(event.consumer_tag)
+        elif isinstance(event, ev.ConnectionClosed):
+            if event.by_peer:
+                self._lost(
+                    ConnectionClosed(
+                        event.reply_code,
+                        event.reply_text,
+                        f"the broker closed the connection: {event.reply_code} {event.reply_text}",
+                    )
+                )
+            else:
+                self._finish(ConnectionClosed(200, "the connection is closed"))
+        elif isinstance(event, ev.Blocked):
+            logger.warning("%s: the broker blocked publishing: %s", self, event.reason)
+            self._writable = anyio.Event()
+        elif isinstance(event, ev.Unblocked):
+            logger.info("%s: the broker unblocked publishing", self)
+            self._writable.set()
+
+    def _finish(self, error: AMQPError) -> None:
+        """Fail everything still pending with ``error`` and mark the connection closed."""
+        for channel in list(self._channels.values()):
+            channel._on_closed(
+                ChannelClosed(getattr(error, "reply_code", 0), str(error), str(error))
+            )
+        self._channels.clear()
+        if self._core.state is not ConnectionState.CLOSED:
+            self._core.connection_lost()
+        self._writable.set()
+        self._closed_event.set()
+
+    def _lost(self, error: AMQPError) -> None:
+        """The connection failed: record it, fail everything, stop the tasks."""
+        if self._failure is None and not self._closing:
+            self._failure = error
+            logger.error("%s: %s", self, error)
+        self._finish(error)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    # ------------------------------------------------------------ heartbeats
+
+    async def _heartbeat(self) -> None:
+        interval = self._core.heartbeat
+        if not interval:
+            return
+        send_every = interval / 2
+        dead_after = interval * 2
+        while True:
+            await anyio.sleep(interval / 4)
+            now = anyio.current_time()
+            if now - self._last_recv > dead_after:
+                self._lost(
+                    HeartbeatTimeout(
+                        0,
+                        f"no data from {self} for {now - self._last_recv:.1f} s "
+                        f"(heartbeat {interval} s): the broker is unreachable",
+                    )
+                )
+                if self._stream is not None:
+                    await anyio.aclose_forcefully(self._stream)
+                return
+            if now - self._last_send >= send_every:
+                self._core.heartbeat_frame()
+                self._last_send = now
+                self._wake_writer()
+
+    # ------------------------------------------------------------ open and close
+
+    async def _handshake(self, stream: anyio.abc.ByteStream) -> None:
+        core = self._core
+        core.initiate()
+        await stream.send(core.data_to_send())
+        while not core.is_open:
+            try:
+                data = await stream.receive(READ_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+            events = core.receive_data(data)
+            if core.bytes_to_send:
+                await stream.send(core.data_to_send())
+            for event in events:
+                if isinstance(event, ev.ConnectionClosed):
+                    raise self._handshake_error(event)
+                if isinstance(event, ev.ConnectionOpened):
+                    self.server_properties = event.server_properties
+            if not data:
+                raise ConnectionFailed(f"{self} closed during the handshake")
+
+    def _handshake_error(self, event: ev.ConnectionClosed) -> ConnectionFailed:
+        where = f"{self.address.host}:{self.address.port}"
+        if event.reply_code == 403:
+            return AuthenticationError(
+                f"the broker at {where} refused the login of user {self.params.username!r} "
+                f"({self._core.mechanism}): {event.reply_code} {event.reply_text}"
+            )
+        if event.reply_code == 530:
+            return VhostNotFound(
+                f"the broker at {where} refused virtual host {self.params.virtual_host!r}: "
+                f"{event.reply_code} {event.reply_text}"
+            )
+        return ConnectionFailed(
+            f"the broker at {where} closed the connection during the handshake: "
+            f"{event.reply_code} {event.reply_text}"
+        )
+
+    async def _connect_one(self) -> anyio.abc.ByteStream:
+        params = self.params
+        errors: list[str] = []
+        for address in params.addresses:
+            self.address = address
+            try:
+                with anyio.fail_after(params.connection_timeout):
+                    if params.tls:
+                        stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+                            address.host,
+                            address.port,
+                            ssl_context=params.ssl_context or ssl.create_default_context(),
+                            tls_hostname=params.server_hostname or address.host,
+                            tls_standard_compatible=False,
+                        )
+                    else:
+                        stream = await anyio.connect_tcp(address.host, address.port)
+                    try:
+                        await self._handshake(stream)
+                    except BaseException:
+                        await anyio.aclose_forcefully(stream)
+                        raise
+                return stream
+            except (AuthenticationError, VhostNotFound):
+                raise
+            except ssl.SSLCertVerificationError as exc:
+                errors.append(
+                    f"{address.host}:{address.port}: TLS certificate verification failed: "
+                    f"{exc.verify_message or exc}"
+                )
+            except TimeoutError:
+                errors.append(
+                    f"{address.host}:{address.port}: timed out after {params.connection_timeout} s"
+                )
+            except (OSError, ssl.SSLError, anyio.BrokenResourceError, ConnectionFailed) as exc:
+                errors.append(f"{address.host}:{address.port}: {exc}")
+            except ProtocolError as exc:
+                errors.append(f"{address.host}:{address.port}: protocol error: {exc}")
+            self._core = AMQPConnection(
+                params.username,
+                params.password,
+                params.virtual_host,
+                heartbeat=params.heartbeat,
+                frame_max=params.frame_max,
+                channel_max=params.channel_max,
+                auth_mechanisms=params.auth_mechanisms,
+                connection_name=params.connection_name,
+                version=__version__,
+            )
+        raise ConnectionFailed(f"cannot connect to {params.redacted_url()}: " + "; ".join(errors))
+
+    async def aclose(self) -> None:
+        """Close the connection gracefully; idempotent, shielded and time-bounded.
+
+        No ``CloseOk`` is awaited when the broker blocked the connection or it already failed.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        with anyio.CancelScope(shield=True):
+            if self._core.is_open and self._failure is None and not self._core.blocked:
+                self._core.close()
+                self._wake_writer()
+                with anyio.move_on_after(CLOSE_TIMEOUT):
+                    await self._closed_event.wait()
+            self._finish(ConnectionClosed(200, "the connection is closed"))
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            if self._stream is not None:
+                await anyio.aclose_forcefully(self._stream)
+
+
+@asynccontextmanager
+async def connect(
+    url: str | ConnectionParameters = "amqp://guest:guest@localhost:5672/",
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    **options: Any,
+) -> AsyncIterator[Connection]:
+    """Connect to an AMQP 0-9-1 broker: ``async with connect(url) as conn:``.
+
+    Args:
+        url: ``amqp://`` or ``amqps://`` URL (see :func:`~kiwi_anyio.protocol.url.parse_url`)
+            or ready :class:`ConnectionParameters`.
+        ssl_context: the TLS context for ``amqps://``.
+        **options: any :class:`ConnectionParameters` field, overriding the URL.
+
+    The connection lives in a task group (reader, writer, heartbeats). If it fails (socket
+    lost, heartbeat timeout, broker close, protocol error) the block is cancelled and the
+    failure is raised from ``async with``. Leaving the block closes the connection.
+
+    Raises:
+        InvalidURL: the URL is malformed.
+        AuthenticationError: the broker refused the credentials.
+        VhostNotFound: the virtual host does not exist or is not allowed.
+        ConnectionFailed: no host could be reached (every host and its error are named).
+    """
+    params = (
+        url
+        if isinstance(url, ConnectionParameters)
+        else parse_url(url, ssl_context=ssl_context, **options)
+    )
+    if params.tls and not params.verify:
+        logger.warning(
+            "TLS certificate verification is OFF for %s (verify=verify_none)", params.redacted_url()
+        )
+    conn = Connection(params)
+    stream = await conn._connect_one()
+    conn._stream = stream
+    now = anyio.current_time()
+    conn._last_recv = conn._last_send = now
+    conn.server_properties = conn._core.server_properties
+    logger.debug("%s: connected (heartbeat %s s)", conn, conn.heartbeat)
+    user_exc: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            conn._tg = tg
+            tg.start_soon(conn._reader)
+            tg.start_soon(conn._writer)
+            tg.start_soon(conn._heartbeat)
+            try:
+                yield conn
+            except BaseException as exc:
+                user_exc = exc
+            finally:
+                await conn.aclose()
+    finally:
+        with anyio.CancelScope(shield=True):
+            leftover = conn._core.data_to_send()  # e.g. Connection.Close after a protocol error
+            if leftover and not isinstance(conn._failure, HeartbeatTimeout):
+                with anyio.move_on_after(1.0):
+                    try:
+                        await stream.send(leftover)
+                    except Exception:
+                        pass
+            await anyio.aclose_forcefully(stream)
+    failure = conn._failure
+    if failure is not None and (
+        user_exc is None or isinstance(user_exc, AMQPError | anyio.get_cancelled_exc_class())
+    ):
+        raise failure from None
+    if user_exc is not None:
+        raise user_exc
