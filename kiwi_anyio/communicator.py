@@ -24,15 +24,16 @@ import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, cast
 
 import anyio
 import anyio.abc
 import anyio.to_thread
 
 from . import _wire as wire
+from .blocking import BlockingCommunicator, open_blocking
 from .codecs import YAML, Codec, codec_from_functions, decoder_for
 from .exceptions import (
     AMQPError,
@@ -346,7 +347,7 @@ class TaskQueue:
                 return
             for subscriber in list(self._subscribers.values()):
                 try:
-                    result = await comm._call(subscriber, comm, task)
+                    result = await comm._call(subscriber, comm._callback_comm, task)
                     while _is_future_like(result):
                         if not no_reply:
                             await comm._send_reply(message, wire.pending_reply(), self.exchange)
@@ -470,6 +471,8 @@ class Communicator:
         queue_expires: ms an unused RPC queue lives (``x-expires``).
         testing_mode: auto-delete exchanges and a non-durable task queue, as kiwiPy.
         queue_type: ``"quorum"`` to declare task queues as quorum queues (new queues only).
+        blocking_backend: the event loop (``"asyncio"`` or ``"trio"``) that runs in the
+            background thread when the communicator is used with a plain ``with``.
         ssl_context: TLS context for ``amqps://``.
         **connection_options: any :class:`~kiwi_anyio.protocol.ConnectionParameters` field
             (``heartbeat``, ``connection_timeout`` …).
@@ -490,11 +493,18 @@ class Communicator:
         queue_expires: int = wire.QUEUE_EXPIRES,
         testing_mode: bool = False,
         queue_type: str | None = None,
+        blocking_backend: str = "asyncio",
         ssl_context: Any = None,
         **connection_options: Any,
     ) -> None:
+        self._memory: str | None = None
         if isinstance(url, ConnectionParameters):
-            self._params = url
+            self._params: ConnectionParameters | None = url
+        elif url is not None and url.startswith("memory://"):
+            if connection_options:
+                raise TypeError(f"memory:// takes no connection options: {connection_options}")
+            self._memory = url[len("memory://") :].strip("/") or "default"
+            self._params = None
         else:
             self._params = parse_url(
                 url or DEFAULT_URL, ssl_context=ssl_context, **connection_options
@@ -514,6 +524,7 @@ class Communicator:
         self.queue_expires = queue_expires
         self.testing_mode = testing_mode
         self.queue_type = queue_type
+        self.blocking_backend = blocking_backend
         self._state = "new"
         self._connection_: Connection | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -534,9 +545,19 @@ class Communicator:
         self._broadcast_consumer: _ConsumerHandle | None = None
         self._broadcast_lock = anyio.Lock()
         self._task_queues: dict[str, TaskQueue] = {}
+        # what subscribers get as their first argument (the blocking facade in blocking mode)
+        self._callback_comm: Any = self
+        self._blocking: BlockingCommunicator | None = None
+
+    @property
+    def url(self) -> str:
+        """The broker URL, with the password hidden."""
+        if self._params is None:
+            return f"memory://{self._memory}"
+        return self._params.redacted_url()
 
     def __repr__(self) -> str:
-        return f"<Communicator {self._params.redacted_url()} {self._state}>"
+        return f"<Communicator {self.url} {self._state}>"
 
     # ------------------------------------------------------------ lifetime
 
@@ -556,12 +577,25 @@ class Communicator:
         result: bool | None = await self._cm.__aexit__(exc_type, exc, tb)
         return result
 
+    def __enter__(self) -> BlockingCommunicator:
+        """Synchronous use: ``with kiwi_anyio.connect(url) as comm:`` gives kiwiPy's
+        ``RmqThreadCommunicator`` API (:class:`~kiwi_anyio.blocking.BlockingCommunicator`),
+        with the event loop in a background thread."""
+        if self._state != "new":
+            raise RuntimeError("a Communicator can be entered only once")
+        self._blocking = open_blocking(self, self.blocking_backend)
+        return self._blocking
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._blocking is not None:
+            self._blocking.close()
+
     @asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[None]:
         user_exc: BaseException | None = None
         self._state = "connecting"
         try:
-            async with amqp_connect(self._params) as connection:
+            async with self._open_connection() as connection:
                 self._connection_ = connection
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
@@ -580,6 +614,14 @@ class Communicator:
             self._fail_pending()
         if user_exc is not None:
             raise user_exc
+
+    def _open_connection(self) -> AbstractAsyncContextManager[Connection]:
+        if self._memory is not None:
+            from . import memory
+
+            return cast("AbstractAsyncContextManager[Connection]", memory.connect(self._memory))
+        assert self._params is not None
+        return amqp_connect(self._params)
 
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, {}
@@ -1073,7 +1115,7 @@ class Communicator:
                 await self._reject_undecodable(message, exc, self.message_exchange)
                 return
             try:
-                result = await self._call(subscriber, self, msg)
+                result = await self._call(subscriber, self._callback_comm, msg)
                 while _is_future_like(result):
                     await self._send_reply(message, wire.pending_reply(), self.message_exchange)
                     result = await _resolve(result)
@@ -1206,7 +1248,7 @@ class Communicator:
             except UndecodableMessage as exc:
                 await self._reject_undecodable(message, exc, self.message_exchange)
                 return
-            args = (self, body, sender, subject, correlation_id)
+            args = (self._callback_comm, body, sender, subject, correlation_id)
 
             async def deliver(subscriber: Subscriber) -> None:
                 try:

@@ -1,0 +1,137 @@
+"""The blocking API (kiwiPy's RmqThreadCommunicator) against the real broker."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import uuid
+from typing import Any
+
+import pytest
+
+import kiwi_anyio
+from kiwi_anyio import CommunicatorClosed, RemoteException, UnroutableError
+
+pytestmark = pytest.mark.broker
+
+TIMEOUT = 20
+
+
+def options() -> dict[str, Any]:
+    suffix = uuid.uuid4().hex[:10]
+    return {
+        "message_exchange": f"test.messages.{suffix}",
+        "task_exchange": f"test.tasks.{suffix}",
+        "task_queue": f"test.tasks.{suffix}",
+        "testing_mode": True,
+    }
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_rpc_task_broadcast_round_trips(broker_url: str, backend: str) -> None:
+    heard: list[Any] = []
+    got_one = threading.Event()
+
+    def listener(_comm: Any, body: Any, sender: Any, subject: Any, correlation_id: Any) -> None:
+        heard.append((body, subject))
+        got_one.set()
+
+    with kiwi_anyio.connect(broker_url, blocking_backend=backend, **options()) as comm:
+        assert not comm.is_closed()
+        comm.add_rpc_subscriber(lambda _c, n: n * 2, "double")
+        comm.add_task_subscriber(lambda _c, task: f"{task}!")
+        comm.add_broadcast_subscriber(kiwi_anyio.BroadcastFilter(listener, subject="kern.*"))
+        assert comm.rpc_send("double", 21).result(TIMEOUT) == 42
+        future = comm.task_send("hello")
+        assert isinstance(future, concurrent.futures.Future)
+        assert future.result(TIMEOUT) == "hello!"
+        assert comm.broadcast_send("x", subject="cron.info") is True
+        assert comm.broadcast_send("y", subject="kern.critical") is True
+        assert got_one.wait(TIMEOUT)
+        assert heard == [("y", "kern.critical")]
+        assert comm.server_properties["product"] == "RabbitMQ"
+    assert comm.is_closed()
+
+
+def test_errors_come_back(broker_url: str) -> None:
+    def fail(_comm: Any, msg: Any) -> None:
+        raise ValueError(f"bad {msg}")
+
+    with kiwi_anyio.connect(broker_url, **options()) as comm:
+        comm.add_rpc_subscriber(fail, "fail")
+        with pytest.raises(RemoteException, match="bad 1"):
+            comm.rpc_send("fail", 1).result(TIMEOUT)
+        with pytest.raises(UnroutableError):
+            comm.rpc_send("nobody", 1)
+        with pytest.raises(ValueError, match="unknown"):
+            comm.remove_task_subscriber("nobody")
+
+
+def test_callback_may_call_the_communicator(broker_url: str) -> None:
+    """No deadlock: a subscriber (in a worker thread) uses the communicator itself."""
+    with kiwi_anyio.connect(broker_url, **options()) as comm:
+        comm.add_task_subscriber(lambda _c, task: task + 1)
+
+        def relay(c: Any, msg: Any) -> Any:
+            future = c.task_send(msg)
+            return future.result(TIMEOUT)
+
+        comm.add_rpc_subscriber(relay, "relay")
+        assert comm.rpc_send("relay", 41).result(TIMEOUT) == 42
+
+
+def test_nested_futures_become_thread_futures(broker_url: str) -> None:
+    with kiwi_anyio.connect(broker_url, **options()) as comm:
+        delegated: concurrent.futures.Future[int] = concurrent.futures.Future()
+        comm.add_task_subscriber(lambda _c, task: delegated)
+        outer = comm.task_send("x")
+        assert outer is not None
+        inner = outer.result(TIMEOUT)
+        assert isinstance(inner, concurrent.futures.Future)
+        delegated.set_result(42)
+        assert inner.result(TIMEOUT) == 42
+
+
+def test_task_queue_next_task_and_iteration(broker_url: str) -> None:
+    with kiwi_anyio.connect(broker_url, **options()) as comm:
+        queue = comm.task_queue(f"q-{uuid.uuid4().hex}")
+        future = queue.task_send("Hello!")
+        with queue.next_task(timeout=5.0) as task:
+            assert task is not None and task.body == "Hello!"
+            with task.processing() as outcome:
+                outcome.set_result("Goodbye")
+        assert future is not None and future.result(TIMEOUT) == "Goodbye"
+        futures = [queue.task_send(i) for i in range(5)]
+        for incoming in queue:
+            incoming.process().set_result(incoming.body * 10)
+        assert [f.result(TIMEOUT) for f in futures if f is not None] == [0, 10, 20, 30, 40]
+        with pytest.raises(kiwi_anyio.QueueEmpty), queue.next_task(timeout=0.2):
+            pass
+
+
+def test_close_is_idempotent_and_final(broker_url: str) -> None:
+    comm = kiwi_anyio.connect(broker_url, **options()).__enter__()
+    comm.close()
+    comm.close()
+    assert comm.is_closed()
+    with pytest.raises(CommunicatorClosed):
+        comm.task_send(1)
+    with pytest.raises(CommunicatorClosed):
+        comm.rpc_send("x", 1)
+    with pytest.raises(CommunicatorClosed):
+        comm.broadcast_send(1)
+    with pytest.raises(CommunicatorClosed):
+        comm.add_rpc_subscriber(lambda *_: None)
+
+
+def test_task_sent_just_before_exit_is_not_lost(broker_url: str) -> None:
+    opts = options()
+    opts["testing_mode"] = False
+    queue = f"durable-{uuid.uuid4().hex}"
+    with kiwi_anyio.connect(broker_url, **opts) as sender:
+        sender.task_queue(queue).task_send("keep me", no_reply=True)
+    with kiwi_anyio.connect(broker_url, **opts) as worker:
+        q = worker.task_queue(queue)
+        with q.next_task(timeout=5.0) as task:
+            assert task is not None and task.body == "keep me"
+            task.process().set_result(None)
