@@ -1,0 +1,1126 @@
+"""Private, throwaway RabbitMQ brokers for tests.
+
+:class:`RabbitMQBroker` starts a RabbitMQ node of its own: its own temporary directory (data,
+logs, configuration, and a ``HOME`` holding a random Erlang cookie), its own node name, free
+loopback ports and its own ``epmd``. Nothing is shared with a system broker, so several test
+runs can go on side by side on one machine. It needs the Debian ``rabbitmq-server`` package
+(``/usr/lib/rabbitmq/bin``; ``KIWI_ANYIO_RABBITMQ_BIN`` points elsewhere) and, for TLS, the
+``trustme`` package::
+
+    with RabbitMQBroker() as broker:
+        print(broker.url, broker.tls_url, broker.ctl("list_vhosts"))
+
+Every broker has the users ``guest`` (password ``guest``, administrator) and ``kiwi-client``
+(for EXTERNAL authentication with :attr:`RabbitMQBroker.client_cert_pem_path`) and the virtual
+hosts ``/`` and ``kiwi-test``, both users having every permission on both.
+
+As a command, ``python -m kiwi_anyio.testing.rabbitmq [--no-tls] -- CMD ARGS...`` starts a
+broker, runs ``CMD`` with the ``KIWI_ANYIO_TEST_*`` environment variables set (see
+:meth:`RabbitMQBroker.test_env`), stops the broker whatever happens and exits with ``CMD``'s
+exit code. Without ``CMD`` it keeps the broker up until interrupted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+__all__ = [
+    "BrokerCtlError",
+    "BrokerError",
+    "BrokerInfo",
+    "BrokerStartError",
+    "RabbitMQBroker",
+    "main",
+]
+
+#: The AMQP 0-9-1 protocol header a client sends first.
+AMQP_PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+
+#: Names of the environment variables given to the command run by :func:`main`.
+ENV_URL = "KIWI_ANYIO_TEST_URL"
+ENV_TLS_URL = "KIWI_ANYIO_TEST_TLS_URL"
+ENV_CA = "KIWI_ANYIO_TEST_CA"
+ENV_CLIENT_CERT = "KIWI_ANYIO_TEST_CLIENT_CERT"
+ENV_CLIENT_KEY = "KIWI_ANYIO_TEST_CLIENT_KEY"
+ENV_BROKER_HOME = "KIWI_ANYIO_TEST_BROKER_HOME"
+
+#: The user that EXTERNAL authentication with the client certificate logs in as.
+CLIENT_CERT_USER = "kiwi-client"
+#: The extra virtual host every broker has.
+TEST_VHOST = "kiwi-test"
+
+# Each broker uses PORT_SPAN consecutive ports from its base port.
+_OFFSET_AMQP = 0
+_OFFSET_TLS = 1
+_OFFSET_DIST = 2
+_OFFSET_EPMD = 3
+_OFFSET_CTL_MIN = 4
+_OFFSET_CTL_MAX = 13  # ten ports: ten rabbitmqctl calls may run at once
+_PORT_SPAN = 14
+# Below Linux's ephemeral range (32768-60999), so outgoing connections do not take them.
+_BASE_PORT_MIN = 20000
+_BASE_PORT_MAX = 32768 - _PORT_SPAN
+
+_STATE_FILE = "broker.json"
+# Distribution on loopback only; never run "epmd -daemon" (the broker has its own epmd).
+_SERVER_ERL_ARGS = "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
+_CTL_ERL_ARGS = "-start_epmd false"
+_MARK_VAR = "KIWI_ANYIO_BROKER_MARK"
+_LOG_TAIL_LINES = 60
+
+# Popen objects of brokers still running, kept referenced so that a broker left running on
+# purpose (started by an attached broker for its owner to stop) is not garbage-collected
+# with a ResourceWarning.
+_LIVE_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+class BrokerError(RuntimeError):
+    """A private broker could not be started, stopped or managed."""
+
+
+class BrokerStartError(BrokerError):
+    """The broker did not start; the message ends with the tail of its logs."""
+
+
+class BrokerCtlError(BrokerError):
+    """``rabbitmqctl`` exited with a non-zero code; the message holds its output."""
+
+    def __init__(self, message: str, returncode: int, output: str) -> None:
+        super().__init__(message)
+        #: The exit code of rabbitmqctl.
+        self.returncode = returncode
+        #: What rabbitmqctl printed (stdout and stderr).
+        self.output = output
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerInfo:
+    """Where a test broker is and how to reach it (what :func:`main` exports to its command)."""
+
+    #: ``amqp://guest:guest@127.0.0.1:PORT/``
+    url: str
+    #: ``amqps://guest:guest@localhost:TLS_PORT/``, or None without TLS.
+    tls_url: str | None = None
+    #: Path of the CA certificate (PEM) that signed the server's and the client's certificate.
+    ca: str | None = None
+    #: Path of the client certificate (PEM, CN ``kiwi-client``) for EXTERNAL authentication.
+    client_cert: str | None = None
+    #: Path of the client certificate's private key (PEM).
+    client_key: str | None = None
+    #: The broker's temporary directory (for :meth:`RabbitMQBroker.attach`), if known.
+    home: str | None = None
+
+    def to_env(self) -> dict[str, str]:
+        """The ``KIWI_ANYIO_TEST_*`` environment variables describing this broker."""
+        pairs = {
+            ENV_URL: self.url,
+            ENV_TLS_URL: self.tls_url,
+            ENV_CA: self.ca,
+            ENV_CLIENT_CERT: self.client_cert,
+            ENV_CLIENT_KEY: self.client_key,
+            ENV_BROKER_HOME: self.home,
+        }
+        return {key: value for key, value in pairs.items() if value}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BrokerInfo | None:
+        """Read the ``KIWI_ANYIO_TEST_*`` variables; None when ``KIWI_ANYIO_TEST_URL`` is unset."""
+        env = os.environ if environ is None else environ
+        url = env.get(ENV_URL)
+        if not url:
+            return None
+        return cls(
+            url=url,
+            tls_url=env.get(ENV_TLS_URL) or None,
+            ca=env.get(ENV_CA) or None,
+            client_cert=env.get(ENV_CLIENT_CERT) or None,
+            client_key=env.get(ENV_CLIENT_KEY) or None,
+            home=env.get(ENV_BROKER_HOME) or None,
+        )
+
+
+def _rabbitmq_bin_dir() -> Path:
+    return Path(os.environ.get("KIWI_ANYIO_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
+
+
+def _epmd_path() -> str:
+    found = shutil.which("epmd") or shutil.which("epmd", path="/usr/lib/erlang/bin")
+    if found is None:
+        raise BrokerStartError("epmd not found (is Erlang / rabbitmq-server installed?)")
+    return found
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat from the state on (state, ppid, pgrp, session, ...)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    return data[data.rfind(")") + 2 :].split()
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie (``kill -0`` succeeds on zombies)."""
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X", "x")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _marked_pids(mark: str) -> list[int]:
+    """Live processes whose environment has ``KIWI_ANYIO_BROKER_MARK=<mark>``."""
+    needle = f"{_MARK_VAR}={mark}".encode()
+    found: list[int] = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and _pid_alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _wait_gone(
+    pids: Sequence[int], timeout: float, reap: Sequence[subprocess.Popen[bytes]] = ()
+) -> bool:
+    """Wait until none of ``pids`` is alive; ``reap`` are Popen objects to poll meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for proc in reap:
+            proc.poll()
+        if not any(_pid_alive(pid) for pid in pids):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _port_free(port: int) -> bool:
+    """True if nothing listens on 127.0.0.1:port (TIME_WAIT left-overs do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _epmd_answers(port: int) -> bool:
+    """True if an epmd on 127.0.0.1:port answers a NAMES request."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"\x00\x01n")  # NAMES_REQ: length 1, code 110
+            return len(sock.recv(4)) > 0
+    except OSError:
+        return False
+
+
+def amqp_probe(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True if an AMQP 0-9-1 server answers the protocol header at host:port.
+
+    Sends ``AMQP\\x00\\x00\\x09\\x01`` and expects a method frame (type 1) on channel 0, the
+    server's Connection.Start.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(AMQP_PROTOCOL_HEADER)
+            header = b""
+            while len(header) < 7:
+                chunk = sock.recv(7 - len(header))
+                if not chunk:
+                    return False
+                header += chunk
+    except OSError:
+        return False
+    return header[0] == 1 and int.from_bytes(header[1:3], "big") == 0
+
+
+def _rabbit_password_hash(password: str) -> str:
+    """The hash RabbitMQ's ``rabbit_password_hashing_sha256`` stores for ``password``."""
+    salt = secrets.token_bytes(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * lines))
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def _trustme_available() -> bool:
+    try:
+        import trustme  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class RabbitMQBroker:
+    """A private, throwaway RabbitMQ node on loopback ports.
+
+    ``tls`` adds a TLS listener (certificates made with ``trustme``; ignored when ``trustme``
+    is not installed, see :attr:`tls_enabled`) that also offers EXTERNAL authentication with
+    the client certificate. ``plugins`` are the RabbitMQ plugins to enable.
+
+    Use :meth:`start` and :meth:`stop`, or the broker as a context manager. :meth:`restart`
+    keeps the data directory (durable queues survive), :meth:`kill` crashes the node for fault
+    tests. :meth:`attach` gives another process a handle on a running broker.
+    """
+
+    def __init__(
+        self,
+        tls: bool = True,
+        plugins: Sequence[str] = ("rabbitmq_auth_mechanism_ssl",),
+        *,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        #: Whether TLS was asked for.
+        self.tls_requested = tls
+        #: The plugins enabled on the node.
+        self.plugins: tuple[str, ...] = tuple(plugins)
+        #: Seconds :meth:`start` waits for the broker to answer before it gives up.
+        self.startup_timeout = startup_timeout
+        #: Seconds the last :meth:`start` or :meth:`restart` took until the broker answered.
+        self.last_start_seconds: float | None = None
+        self._tls = tls and _trustme_available()
+        self._home: Path | None = None
+        self._owns_home = True
+        self._node = ""
+        self._base_port = 0
+        self._server: subprocess.Popen[bytes] | None = None
+        self._epmd: subprocess.Popen[bytes] | None = None
+        self._server_pid: int | None = None
+        self._epmd_pid: int | None = None
+        self._running = False
+        self._atexit_registered = False
+
+    # -- public properties -------------------------------------------------------------------
+
+    @property
+    def home(self) -> Path:
+        """The broker's temporary directory (data, logs, config, certificates, ``broker.json``)."""
+        if self._home is None:
+            raise BrokerError("the broker has not been started")
+        return self._home
+
+    @property
+    def node(self) -> str:
+        """The Erlang node name, ``kiwi-<random>@localhost``."""
+        if not self._node:
+            raise BrokerError("the broker has not been started")
+        return self._node
+
+    @property
+    def running(self) -> bool:
+        """Whether this handle started (or attached to) the node and has not stopped it."""
+        return self._running
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the broker has a TLS listener (asked for and ``trustme`` importable)."""
+        return self._tls
+
+    @property
+    def port(self) -> int:
+        """The AMQP port on 127.0.0.1."""
+        if not self._base_port:
+            raise BrokerError("the broker has not been started")
+        return self._base_port + _OFFSET_AMQP
+
+    @property
+    def tls_port(self) -> int:
+        """The AMQPS port on 127.0.0.1 (:class:`BrokerError` without TLS)."""
+        self._require_tls()
+        return self._base_port + _OFFSET_TLS
+
+    @property
+    def dist_port(self) -> int:
+        """The Erlang distribution port of the node."""
+        return self.port - _OFFSET_AMQP + _OFFSET_DIST
+
+    @property
+    def epmd_port(self) -> int:
+        """The port of the node's own epmd."""
+        return self.port - _OFFSET_AMQP + _OFFSET_EPMD
+
+    @property
+    def url(self) -> str:
+        """``amqp://guest:guest@127.0.0.1:PORT/``"""
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def tls_url(self) -> str:
+        """``amqps://guest:guest@localhost:TLS_PORT/`` (:class:`BrokerError` without TLS)."""
+        return f"amqps://guest:guest@localhost:{self.tls_port}/"
+
+    @property
+    def ca_pem_path(self) -> Path:
+        """The CA certificate (PEM) that signed the server and client certificates."""
+        self._require_tls()
+        return self.home / "tls" / "ca.pem"
+
+    @property
+    def client_cert_pem_path(self) -> Path:
+        """A client certificate (PEM) for CN ``kiwi-client``, for EXTERNAL authentication."""
+        self._require_tls()
+        return self.home / "tls" / "client_cert.pem"
+
+    @property
+    def client_key_pem_path(self) -> Path:
+        """The private key (PEM) of :attr:`client_cert_pem_path`."""
+        self._require_tls()
+        return self.home / "tls" / "client_key.pem"
+
+    def info(self) -> BrokerInfo:
+        """A :class:`BrokerInfo` for this broker."""
+        if not self._tls:
+            return BrokerInfo(url=self.url, home=str(self.home))
+        return BrokerInfo(
+            url=self.url,
+            tls_url=self.tls_url,
+            ca=str(self.ca_pem_path),
+            client_cert=str(self.client_cert_pem_path),
+            client_key=str(self.client_key_pem_path),
+            home=str(self.home),
+        )
+
+    def test_env(self) -> dict[str, str]:
+        """The ``KIWI_ANYIO_TEST_*`` environment variables for a test command.
+
+        ``KIWI_ANYIO_TEST_URL``, ``KIWI_ANYIO_TEST_BROKER_HOME`` and, with TLS,
+        ``KIWI_ANYIO_TEST_TLS_URL``, ``KIWI_ANYIO_TEST_CA``, ``KIWI_ANYIO_TEST_CLIENT_CERT``
+        and ``KIWI_ANYIO_TEST_CLIENT_KEY``.
+        """
+        return self.info().to_env()
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the node and wait until it answers AMQP (:class:`BrokerStartError` if not).
+
+        A fresh handle makes a new temporary directory and picks free ports; a handle whose
+        node was killed (:meth:`kill`) or attached starts the node again on its data directory.
+        On failure everything started is stopped and the temporary directory removed.
+        """
+        if self._running and self._beam_alive():
+            raise BrokerError(f"the broker {self._node} is already running")
+        fresh = self._home is None
+        if fresh:
+            self._prepare_home()
+        else:
+            self._stop_processes(graceful=True)  # what a kill() left: epmd, the server script
+        try:
+            self._launch(pick_ports=fresh)
+        except BaseException:
+            if fresh:
+                self.stop()
+            else:
+                self._stop_processes(graceful=False)
+            raise
+        if self._owns_home and not self._atexit_registered:
+            atexit.register(_stop_at_exit, weakref.ref(self))
+            self._atexit_registered = True
+
+    def stop(self) -> None:
+        """Stop the node (SIGTERM, SIGKILL after 15 s) and its epmd; remove the directory.
+
+        Idempotent. A handle made by :meth:`attach` leaves the directory to the broker's owner.
+        """
+        if self._home is None:
+            return
+        try:
+            self._stop_processes(graceful=True)
+        finally:
+            if self._owns_home:
+                shutil.rmtree(self._home, ignore_errors=True)
+                self._home = None
+            self._running = False
+
+    def restart(self) -> None:
+        """Stop the node gracefully and start it again on the same data directory and ports.
+
+        Durable queues and persistent messages survive.
+        """
+        if self._home is None:
+            raise BrokerError("the broker has not been started")
+        self._stop_processes(graceful=True)
+        self._launch(pick_ports=False)
+
+    def kill(self) -> None:
+        """Crash the node: SIGKILL to the Erlang VM (epmd and the data directory stay).
+
+        :meth:`start` or :meth:`restart` brings it back on the same data directory and ports.
+        """
+        reap = [p for p in (self._server,) if p is not None]
+        beam = self._beam_pid()
+        if beam is not None:
+            _signal_pid(beam, signal.SIGKILL)
+            _wait_gone([beam], 10.0, reap)
+        # The rabbitmq-server script reaps the VM and ends; then sweep what may be left.
+        if self._server_pid is not None:
+            _wait_gone([self._server_pid], 5.0, reap)
+        others = [pid for pid in _marked_pids(str(self.home)) if pid != self._epmd_pid]
+        for pid in others:
+            _signal_pid(pid, signal.SIGKILL)
+        _wait_gone(others, 10.0, reap)
+        self._forget_reaped()
+        self._running = False
+
+    def __enter__(self) -> RabbitMQBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @classmethod
+    def attach(cls, home: str | os.PathLike[str]) -> RabbitMQBroker:
+        """A handle on the broker whose temporary directory is ``home``, started elsewhere.
+
+        :meth:`ctl`, :meth:`kill`, :meth:`restart` and :meth:`stop` work on it (through the pid
+        file); :meth:`stop` leaves the directory for the broker's owner to remove.
+        """
+        path = Path(home)
+        try:
+            state = json.loads((path / _STATE_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"no broker state in {path}: {exc}") from exc
+        broker = cls(tls=bool(state["tls"]), plugins=state["plugins"])
+        broker._tls = bool(state["tls"])
+        broker._home = path
+        broker._owns_home = False
+        broker._node = str(state["node"])
+        broker._base_port = int(state["port"]) - _OFFSET_AMQP
+        broker._epmd_pid = state.get("epmd_pid")
+        broker._server_pid = state.get("server_pid")
+        broker._running = broker._beam_alive()
+        return broker
+
+    # -- control -----------------------------------------------------------------------------
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        """Run ``rabbitmqctl -q ARGS...`` against this node and return its standard output.
+
+        Raises :class:`BrokerCtlError` (with the output) on a non-zero exit.
+        """
+        cmd = [str(_rabbitmq_bin_dir() / "rabbitmqctl"), "-q", "-n", self.node, *args]
+        try:
+            proc = subprocess.run(
+                cmd,
+                env=self._env(),
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerCtlError(
+                f"rabbitmqctl {' '.join(args)} timed out after {timeout} s", -1, ""
+            ) from exc
+        out = proc.stdout.decode("utf-8", "replace")
+        if proc.returncode != 0:
+            output = out + proc.stderr.decode("utf-8", "replace")
+            raise BrokerCtlError(
+                f"rabbitmqctl {' '.join(args)} exited with {proc.returncode}:\n{output}",
+                proc.returncode,
+                output,
+            )
+        return out
+
+    def log_tail(self, n: int = _LOG_TAIL_LINES) -> str:
+        """The last ``n`` lines of each of the broker's log files and of its stdout/stderr."""
+        if self._home is None:
+            return "(no broker directory)"
+        files = sorted((self._home / "log").glob("*.log"))
+        files += [self._home / "server.stdout", self._home / "server.stderr"]
+        files.append(self._home / "epmd.stdout")
+        parts = []
+        for path in files:
+            text = _tail(path, n)
+            if text.strip():
+                parts.append(f"==> {path} <==\n{text}")
+        return "\n".join(parts) if parts else "(the broker wrote no logs)"
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _require_tls(self) -> None:
+        if not self._tls:
+            raise BrokerError("this broker has no TLS listener")
+        if self._home is None:
+            raise BrokerError("the broker has not been started")
+
+    def _env(self) -> dict[str, str]:
+        """The environment for epmd, rabbitmq-server and rabbitmqctl."""
+        home = self.home
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("RABBITMQ_", "ERL_", "KIWI_ANYIO_"))
+            and key not in ("NOTIFY_SOCKET", "CONF_ENV_FILE")
+        }
+        base = self._base_port
+        env.update(
+            {
+                "HOME": str(home),
+                _MARK_VAR: str(home),
+                "LANG": "C.UTF-8",
+                "LC_ALL": "C.UTF-8",
+                "RABBITMQ_NODENAME": self._node,
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "RABBITMQ_NODE_PORT": str(base + _OFFSET_AMQP),
+                "RABBITMQ_DIST_PORT": str(base + _OFFSET_DIST),
+                "RABBITMQ_CTL_DIST_PORT_MIN": str(base + _OFFSET_CTL_MIN),
+                "RABBITMQ_CTL_DIST_PORT_MAX": str(base + _OFFSET_CTL_MAX),
+                "ERL_EPMD_PORT": str(base + _OFFSET_EPMD),
+                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "ERL_CRASH_DUMP": str(home / "erl_crash.dump"),
+                "RABBITMQ_CONF_ENV_FILE": str(home / "rabbitmq-env.conf"),
+                "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(home / "advanced.config"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
+                "RABBITMQ_PLUGINS_EXPAND_DIR": str(home / "plugins-expand"),
+                "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(home / "log"),
+                "RABBITMQ_PID_FILE": str(home / "beam.pid"),
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": _SERVER_ERL_ARGS,
+                "RABBITMQ_CTL_ERL_ARGS": _CTL_ERL_ARGS,
+            }
+        )
+        return env
+
+    def _prepare_home(self) -> None:
+        home = Path(tempfile.mkdtemp(prefix="kiwi-rabbitmq-"))
+        self._home = home
+        self._owns_home = True
+        self._node = f"kiwi-{secrets.token_hex(4)}@localhost"
+        try:
+            for sub in ("mnesia", "log", "plugins-expand"):
+                (home / sub).mkdir()
+            cookie = home / ".erlang.cookie"
+            cookie.write_text(secrets.token_hex(20).upper())
+            cookie.chmod(0o400)
+            (home / "rabbitmq-env.conf").write_text("")
+            plugins = ",".join(self.plugins)
+            (home / "enabled_plugins").write_text(f"[{plugins}].\n")
+            (home / "definitions.json").write_text(json.dumps(self._definitions(), indent=2))
+            if self._tls:
+                self._make_certificates(home / "tls")
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            self._home = None
+            raise
+
+    @staticmethod
+    def _definitions() -> dict[str, Any]:
+        users = ("guest", CLIENT_CERT_USER)
+        vhosts = ("/", TEST_VHOST)
+        algorithm = "rabbit_password_hashing_sha256"
+        return {
+            "users": [
+                {
+                    "name": "guest",
+                    "password_hash": _rabbit_password_hash("guest"),
+                    "hashing_algorithm": algorithm,
+                    "tags": "administrator",
+                },
+                {
+                    "name": CLIENT_CERT_USER,
+                    "password_hash": _rabbit_password_hash(secrets.token_hex(16)),
+                    "hashing_algorithm": algorithm,
+                    "tags": "",
+                },
+            ],
+            "vhosts": [{"name": vhost} for vhost in vhosts],
+            "permissions": [
+                {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+                for user in users
+                for vhost in vhosts
+            ],
+        }
+
+    @staticmethod
+    def _make_certificates(directory: Path) -> None:
+        import trustme
+
+        directory.mkdir()
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+        server = ca.issue_cert("localhost", "127.0.0.1", "::1")
+        server.private_key_pem.write_to_path(str(directory / "server_key.pem"))
+        with open(directory / "server_cert.pem", "wb") as f:
+            for blob in server.cert_chain_pems:
+                f.write(blob.bytes())
+        client = ca.issue_cert(CLIENT_CERT_USER, common_name=CLIENT_CERT_USER)
+        client.private_key_pem.write_to_path(str(directory / "client_key.pem"))
+        client.cert_chain_pems[0].write_to_path(str(directory / "client_cert.pem"))
+
+    def _write_config(self) -> None:
+        home = self.home
+        lines = [
+            f"listeners.tcp.default = 127.0.0.1:{self.port}",
+            "log.console = false",
+            "log.file.level = info",
+            f"load_definitions = {home / 'definitions.json'}",
+        ]
+        if self._tls:
+            tls = home / "tls"
+            lines += [
+                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
+                f"ssl_options.cacertfile = {tls / 'ca.pem'}",
+                f"ssl_options.certfile = {tls / 'server_cert.pem'}",
+                f"ssl_options.keyfile = {tls / 'server_key.pem'}",
+                "ssl_options.verify = verify_peer",
+                "ssl_options.fail_if_no_peer_cert = false",
+                "auth_mechanisms.1 = PLAIN",
+                "auth_mechanisms.2 = AMQPLAIN",
+                "auth_mechanisms.3 = EXTERNAL",
+                "ssl_cert_login_from = common_name",
+            ]
+        (home / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
+
+    def _ports_free(self, base: int) -> bool:
+        offsets = [_OFFSET_AMQP, _OFFSET_DIST, _OFFSET_EPMD]
+        offsets += range(_OFFSET_CTL_MIN, _OFFSET_CTL_MAX + 1)
+        if self._tls:
+            offsets.append(_OFFSET_TLS)
+        return all(_port_free(base + offset) for offset in offsets)
+
+    def _launch(self, *, pick_ports: bool) -> None:
+        """Start epmd and the node; wait until AMQP answers."""
+        t0 = time.monotonic()
+        rng = random.SystemRandom()
+        for attempt in range(20 if pick_ports else 1):
+            if pick_ports:
+                self._base_port = rng.randrange(_BASE_PORT_MIN, _BASE_PORT_MAX)
+                if not self._ports_free(self._base_port):
+                    continue
+            elif not self._ports_free(self._base_port):
+                raise BrokerStartError(
+                    f"ports {self._base_port}..{self._base_port + _PORT_SPAN - 1} of broker "
+                    f"{self._node} are taken by another process"
+                )
+            if self._start_epmd():
+                break
+            if attempt == 19 or not pick_ports:
+                raise BrokerStartError(
+                    f"epmd did not start on port {self.epmd_port}\n{self.log_tail()}"
+                )
+        else:
+            raise BrokerStartError("found no free range of ports for a broker")
+        self._write_config()
+        self._start_server()
+        self._write_state()
+        self._wait_ready(t0)
+        self._running = True
+        self.last_start_seconds = time.monotonic() - t0
+
+    def _start_epmd(self) -> bool:
+        home = self.home
+        with open(home / "epmd.stdout", "ab") as out:
+            proc = subprocess.Popen(
+                [_epmd_path(), "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                env=self._env(),
+                cwd=home,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _LIVE_CHILDREN.append(proc)
+        self._epmd = proc
+        self._epmd_pid = proc.pid
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self._forget_reaped()
+                self._epmd = None
+                self._epmd_pid = None
+                return False
+            if _epmd_answers(self.epmd_port):
+                return True
+            time.sleep(0.02)
+        self._stop_epmd()
+        return False
+
+    def _start_server(self) -> None:
+        home = self.home
+        with contextlib.suppress(FileNotFoundError):
+            (home / "beam.pid").unlink()
+        server = _rabbitmq_bin_dir() / "rabbitmq-server"
+        if not server.exists():
+            raise BrokerStartError(f"{server} not found: install Debian's rabbitmq-server")
+        with (
+            open(home / "server.stdout", "ab") as out,
+            open(home / "server.stderr", "ab") as err,
+        ):
+            proc = subprocess.Popen(
+                [str(server)],
+                env=self._env(),
+                cwd=home,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # setsid: a terminal's Ctrl-C does not reach the node
+            )
+        _LIVE_CHILDREN.append(proc)
+        self._server = proc
+        self._server_pid = proc.pid
+
+    def _wait_ready(self, t0: float) -> None:
+        deadline = t0 + self.startup_timeout
+        while True:
+            if amqp_probe("127.0.0.1", self.port, timeout=2.0):
+                return
+            server_pid = self._server_pid
+            if server_pid is not None:
+                if self._server is not None:
+                    self._server.poll()
+                if not _pid_alive(server_pid) and not self._beam_alive():
+                    code = self._server.returncode if self._server is not None else None
+                    reason = f"the broker exited (code {code}) before answering AMQP"
+                    break
+            if time.monotonic() >= deadline:
+                reason = f"the broker did not answer AMQP within {self.startup_timeout:.0f} s"
+                break
+            time.sleep(0.1)
+        tail = self.log_tail()
+        self._stop_processes(graceful=False)
+        raise BrokerStartError(
+            f"{reason} (node {self._node}, port {self.port}, directory {self._home})\n{tail}"
+        )
+
+    def _write_state(self) -> None:
+        home = self.home
+        state = {
+            "node": self._node,
+            "home": str(home),
+            "port": self.port,
+            "tls": self._tls,
+            "tls_port": self._base_port + _OFFSET_TLS if self._tls else None,
+            "dist_port": self.dist_port,
+            "epmd_port": self.epmd_port,
+            "ctl_ports": [self._base_port + _OFFSET_CTL_MIN, self._base_port + _OFFSET_CTL_MAX],
+            "plugins": list(self.plugins),
+            "pid_file": str(home / "beam.pid"),
+            "server_pid": self._server_pid,
+            "epmd_pid": self._epmd_pid,
+            "url": self.url,
+        }
+        tmp = home / f".{_STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, home / _STATE_FILE)
+
+    def _read_state(self) -> None:
+        """Refresh the pids from ``broker.json`` (an attached handle may have restarted)."""
+        if self._home is None:
+            return
+        try:
+            state = json.loads((self._home / _STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        if state.get("server_pid") != self._server_pid and self._server is not None:
+            self._server.poll()
+        self._server_pid = state.get("server_pid")
+        self._epmd_pid = state.get("epmd_pid")
+
+    def _beam_pid(self) -> int | None:
+        """The Erlang VM's pid from the pid file, if that process is alive and is a beam."""
+        if self._home is None:
+            return None
+        try:
+            pid = int((self._home / "beam.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if _pid_alive(pid) and "beam" in _cmdline(pid):
+            return pid
+        return None
+
+    def _beam_alive(self) -> bool:
+        return self._beam_pid() is not None
+
+    def _stop_processes(self, *, graceful: bool) -> None:
+        """Stop the node, its epmd and anything else they left, and reap our children."""
+        if self._home is None:
+            return
+        self._read_state()
+        reap = [p for p in (self._server, self._epmd) if p is not None]
+        beam = self._beam_pid()
+        if beam is not None:
+            if graceful:
+                _signal_pid(beam, signal.SIGTERM)
+                if not _wait_gone([beam], 15.0, reap):
+                    _signal_pid(beam, signal.SIGKILL)
+            else:
+                _signal_pid(beam, signal.SIGKILL)
+            _wait_gone([beam], 10.0, reap)
+        server = self._server_pid
+        if server is not None and _pid_alive(server):
+            # The rabbitmq-server script ends by itself once the VM has gone.
+            _wait_gone([server], 2.0 if beam is not None else 0.0, reap)
+        self._stop_epmd()
+        # Whatever is left of this broker (the server script, helpers, a racing rabbitmqctl).
+        left = _marked_pids(str(self._home))
+        for pid in left:
+            _signal_pid(pid, signal.SIGKILL)
+        if not _wait_gone(left, 10.0, reap):
+            still = [pid for pid in left if _pid_alive(pid)]
+            raise BrokerError(f"processes {still} of broker {self._node} do not end")
+        for proc in reap:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1.0)
+        self._forget_reaped()
+        self._server = None
+        self._running = False
+
+    def _stop_epmd(self) -> None:
+        pid = self._epmd_pid
+        reap = [self._epmd] if self._epmd is not None else []
+        if pid is not None and _pid_alive(pid) and "epmd" in _cmdline(pid):
+            _signal_pid(pid, signal.SIGTERM)
+            if not _wait_gone([pid], 2.0, reap):
+                _signal_pid(pid, signal.SIGKILL)
+                _wait_gone([pid], 5.0, reap)
+        for proc in reap:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1.0)
+        self._epmd = None
+        self._forget_reaped()
+
+    @staticmethod
+    def _forget_reaped() -> None:
+        for proc in list(_LIVE_CHILDREN):
+            if proc.poll() is not None:
+                _LIVE_CHILDREN.remove(proc)
+
+
+def _stop_at_exit(ref: weakref.ReferenceType[RabbitMQBroker]) -> None:
+    broker = ref()
+    if broker is not None:
+        with contextlib.suppress(Exception):
+            broker.stop()
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def _become_subreaper() -> None:
+    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), to reap them instead of PID 1.
+
+    A test that restarts the broker through an attached handle leaves the new node's processes
+    to this process once the test command exits; PID 1 may not reap them promptly.
+    """
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _reap_adopted(keep: set[int]) -> None:
+    """Reap zombie children other than ``keep`` (orphans adopted as a subreaper).
+
+    The node and rabbitmqctl run ``epmd -daemon`` checks and port helpers whose orphans end up
+    here; reaping them by pid leaves the exit codes of our own children to their Popen objects.
+    """
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in keep:
+            continue
+        fields = _proc_stat(int(entry))
+        if fields is not None and fields[0] == "Z" and fields[1] == str(me):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry), os.WNOHANG)
+
+
+def _reap_children() -> None:
+    """Reap every child that has exited (adopted orphans included)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+class _Interrupted(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _SignalState:
+    """Signal handling of :func:`main`: stop the broker whatever ends the run."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.received_at = 0.0
+        self.child: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+            self.received_at = time.monotonic()
+        if self.stopping:
+            return  # the broker is being stopped already
+        if self.child is None:
+            raise _Interrupted(signum)  # still starting the broker: give up on it
+        if signum != signal.SIGINT and self.child.poll() is None:
+            # A terminal's Ctrl-C reaches the command by itself (same process group).
+            self.child.send_signal(signum)
+
+    def wait(self, child: subprocess.Popen[bytes]) -> int:
+        """Wait for the command; after a signal, insist more and more."""
+        escalated: set[str] = set()
+        last_reap = time.monotonic()
+        while True:
+            try:
+                return child.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() - last_reap > 2.0:
+                _reap_adopted({child.pid, *(proc.pid for proc in _LIVE_CHILDREN)})
+                last_reap = time.monotonic()
+            if self.signum is None:
+                continue
+            waited = time.monotonic() - self.received_at
+            if self.signum == signal.SIGINT:
+                steps = [(5.0, "int", signal.SIGINT), (20.0, "term", signal.SIGTERM)]
+                steps.append((30.0, "kill", signal.SIGKILL))
+            else:
+                steps = [(15.0, "kill", signal.SIGKILL)]
+            for after, name, sig in steps:
+                if waited >= after and name not in escalated:
+                    escalated.add(name)
+                    with contextlib.suppress(ProcessLookupError):
+                        child.send_signal(sig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start a broker, run the command after ``--`` against it, stop the broker.
+
+    Returns the command's exit code (128 + N when it died of signal N).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--" in args:
+        split = args.index("--")
+        options, command = args[:split], args[split + 1 :]
+    else:
+        options, command = args, []
+    tls = True
+    for option in options:
+        if option == "--no-tls":
+            tls = False
+        elif option in ("-h", "--help"):
+            print("usage: python -m kiwi_anyio.testing.rabbitmq [--no-tls] [-- CMD ARGS...]")
+            return 0
+        else:
+            print(f"unknown option {option!r}", file=sys.stderr)
+            return 2
+
+    _become_subreaper()
+    state = _SignalState()
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, state.handle) for sig in handled}
+    broker = RabbitMQBroker(tls=tls)
+    prog = "kiwi_anyio.testing.rabbitmq"
+    code = 0
+    try:
+        try:
+            broker.start()
+        except BrokerStartError as exc:
+            print(f"{prog}: {exc}", file=sys.stderr, flush=True)
+            return 1
+        tls_note = f", {broker.tls_url}" if broker.tls_enabled else ", no TLS"
+        print(
+            f"{prog}: broker {broker.node} up at {broker.url}{tls_note} "
+            f"in {broker.last_start_seconds:.1f} s (directory {broker.home})",
+            flush=True,
+        )
+        ours = (ENV_URL, ENV_TLS_URL, ENV_CA, ENV_CLIENT_CERT, ENV_CLIENT_KEY, ENV_BROKER_HOME)
+        env = {key: value for key, value in os.environ.items() if key not in ours}
+        env.update(broker.test_env())
+        if command:
+            child = subprocess.Popen(command, env=env)
+            state.child = child
+            code = state.wait(child)
+            if code < 0:
+                code = 128 - code
+        else:
+            while state.signum is None:
+                time.sleep(2.0)
+                _reap_adopted({proc.pid for proc in _LIVE_CHILDREN})
+            code = 128 + state.signum
+    except _Interrupted as exc:
+        print(f"{prog}: interrupted by signal {exc.signum}, stopping the broker", flush=True)
+        code = 128 + exc.signum
+    except FileNotFoundError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        code = 127
+    finally:
+        state.stopping = True
+        t0 = time.monotonic()
+        try:
+            broker.stop()
+        finally:
+            _reap_children()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if broker.last_start_seconds is not None:
+            print(f"{prog}: broker stopped in {time.monotonic() - t0:.1f} s", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
