@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -90,7 +90,7 @@ class Program:
 
 
 @pytest.fixture
-def run(broker_url: str) -> Iterator[type[Program]]:
+def run(broker_url: str) -> Iterator[Callable[..., Program]]:
     started: list[Program] = []
 
     class Tracked(Program):
@@ -111,7 +111,7 @@ def script(form: str, name: str) -> Path:
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_two_workers_share_tasks_exactly_once(run: type[Program], form: str) -> None:
+def test_two_workers_share_tasks_exactly_once(run: Callable[..., Program], form: str) -> None:
     workers = [run(script(form, "task_worker.py")) for _ in range(2)]
     for worker in workers:
         worker.wait_for("Waiting for messages")
@@ -134,7 +134,7 @@ def test_two_workers_share_tasks_exactly_once(run: type[Program], form: str) -> 
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_topic_receiver_gets_only_matching_subjects(run: type[Program], form: str) -> None:
+def test_topic_receiver_gets_only_matching_subjects(run: Callable[..., Program], form: str) -> None:
     receiver = run(script(form, "topic_receiver.py"), "kern.*")
     receiver.wait_for("Waiting for logs")
     for subject, text in [("cron.info", "ignore me"), ("kern.critical", "disk full")]:
@@ -146,7 +146,7 @@ def test_topic_receiver_gets_only_matching_subjects(run: type[Program], form: st
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_rpc_client_gets_fib_30(run: type[Program], form: str) -> None:
+def test_rpc_client_gets_fib_30(run: Callable[..., Program], form: str) -> None:
     server = run(script(form, "rpc_server.py"))
     server.wait_for("Awaiting RPC requests")
     client = run(script(form, "rpc_client.py"))

@@ -97,6 +97,7 @@ class _Channel:
         "id",
         "mandatory",
         "next_tag",
+        "peer_closed",
         "pending_consumes",
         "state",
     )
@@ -113,6 +114,7 @@ class _Channel:
         self.pending_consumes: deque[bool] = deque()  # no_ack of Basic.Consume awaiting ConsumeOk
         # mandatory publishes awaiting their confirm: tag -> (exchange, routing key, message id)
         self.mandatory: dict[int, tuple[str, str, str | None]] = {}
+        self.peer_closed = False  # the broker's Channel.Close crossed ours
 
 
 def _start_ok_payload(
@@ -560,6 +562,8 @@ class AMQPConnection:
     def _known_channel(self, channel: int, what: str) -> _Channel | None:
         ch = self._channels.get(channel)
         if ch is None:
+            if channel == 0:  # content on channel 0: what RabbitMQ calls an unexpected frame
+                raise ProtocolError(f"{what} on channel 0", UNEXPECTED_FRAME)
             if self.state is ConnectionState.CLOSING:
                 return None  # frames still in flight when we started closing
             raise ProtocolError(f"{what} on channel {channel}, which is not open", CHANNEL_ERROR)
@@ -575,7 +579,14 @@ class AMQPConnection:
             )
         if isinstance(method, commands.Channel.Close):
             self._send(marshal_method(channel, commands.Channel.CloseOk()))
-            del self._channels[channel]
+            if ch.state is ChannelState.CLOSING:
+                # Our Channel.Close crossed the broker's. The broker still answers ours with
+                # CloseOk, so the number stays taken until that arrives.
+                if ch.peer_closed:
+                    return
+                ch.peer_closed = True
+            else:
+                del self._channels[channel]
             self._events.append(
                 ev.ChannelClosed(
                     channel,
@@ -590,7 +601,8 @@ class AMQPConnection:
         if ch.state is ChannelState.CLOSING:
             if isinstance(method, commands.Channel.CloseOk):
                 del self._channels[channel]
-                self._events.append(ev.ChannelClosed(channel, 200, "Normal shutdown", False))
+                if not ch.peer_closed:
+                    self._events.append(ev.ChannelClosed(channel, 200, "Normal shutdown", False))
             elif isinstance(method, commands.Basic.Deliver | commands.Basic.Return):
                 ch.content = _Content(method)  # collected and dropped
             return
