@@ -27,9 +27,9 @@ TIMEOUT = 30.0
 class Program:
     """A running example whose output lines are collected by a thread."""
 
-    def __init__(self, script: Path, *args: str, url: str) -> None:
+    def __init__(self, script: Path | str, *args: str, url: str) -> None:
         env = dict(os.environ, KIWI_ANYIO_URL=url, PYTHONUNBUFFERED="1")
-        self.name = f"{script.parent.name}/{script.name}"
+        self.name = " ".join([Path(script).name, *args[:2]])
         self.process = subprocess.Popen(
             [sys.executable, str(script), *args],
             stdout=subprocess.PIPE,
