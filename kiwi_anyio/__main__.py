@@ -1,7 +1,8 @@
 """The ``kiwi-anyio`` command line (``python -m kiwi_anyio``).
 
 ``demo`` starts a task worker, an RPC server and a broadcast listener, sends to each and
-prints what happens. The URL comes from ``--url`` or ``KIWI_ANYIO_URL``.
+prints what happens (on the embedded ``memory://`` broker unless a URL is given). The URL
+comes from ``--url`` or ``KIWI_ANYIO_URL``.
 """
 
 from __future__ import annotations
@@ -217,7 +218,8 @@ def main(argv: Sequence[str] | None = None, out: Any = None) -> int:
     listen.set_defaults(run=_listen)
     sub.add_parser("ping", help="connect, show the broker, time an RPC").set_defaults(run=_ping)
     args = parser.parse_args(argv)
-    url = args.url or os.environ.get("KIWI_ANYIO_TEST_URL") or "amqp://guest:guest@127.0.0.1/"
+    default = "memory://demo" if args.command == "demo" else "amqp://guest:guest@127.0.0.1/"
+    url = args.url or default
     try:
         return int(anyio.run(args.run, url, args, out, backend=args.backend))
     except KeyboardInterrupt:

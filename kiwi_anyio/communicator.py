@@ -20,8 +20,11 @@ processes on one broker work together.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import inspect
 import logging
+import math
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -37,16 +40,20 @@ from .blocking import BlockingCommunicator, open_blocking
 from .codecs import YAML, Codec, codec_from_functions, decoder_for
 from .exceptions import (
     AMQPError,
+    AuthenticationError,
     ChannelClosed,
     CommunicatorClosed,
     ConnectionClosed,
+    ConnectionFailed,
     DeliveryFailed,
     DuplicateSubscriberIdentifier,
     MessageReturned,
+    ProtocolError,
     QueueEmpty,
     TaskRejected,
     UndecodableMessage,
     UnroutableError,
+    VhostNotFound,
 )
 from .filters import BroadcastFilter
 from .futures import Future
@@ -253,8 +260,13 @@ class TaskQueue:
 
     async def _get_channel(self) -> Channel:
         if self._channel is None or not self._channel.is_open:
-            self._channel = await self._comm._connection.channel(prefetch_count=self.prefetch_count)
+            connection = await self._comm._wait_connection()
+            self._channel = await connection.channel(prefetch_count=self.prefetch_count)
         return self._channel
+
+    async def _open_consumer_channel(self, connection: Connection) -> Channel:
+        await self._ensure_declared()
+        return await connection.channel(prefetch_count=self.prefetch_count)
 
     async def task_send(self, task: Any, no_reply: bool = False) -> Future[Any] | None:
         """Send a task; return once the broker confirmed it.
@@ -301,9 +313,11 @@ class TaskQueue:
         try:
             await self._ensure_declared()
             if self._consumer is None:
-                channel = await self._get_channel()
                 self._consumer = await comm._start_consumer(
-                    channel, self.name, self._on_task, what=f"task queue {self.name!r}"
+                    self._open_consumer_channel,
+                    self.name,
+                    self._on_task,
+                    what=f"task queue {self.name!r}",
                 )
         except BaseException:
             self._subscribers.pop(identifier, None)
@@ -471,6 +485,11 @@ class Communicator:
         queue_expires: ms an unused RPC queue lives (``x-expires``).
         testing_mode: auto-delete exchanges and a non-durable task queue, as kiwiPy.
         queue_type: ``"quorum"`` to declare task queues as quorum queues (new queues only).
+        reconnect: recover from a lost connection (on by default): reconnect with backoff,
+            redeclare the topology and resume every subscriber. A refused login or an
+            explicit close never triggers it.
+        reconnect_timeout: how long a send waits for a recovery before it fails.
+        reconnect_max_delay: the longest pause between reconnection attempts (seconds).
         blocking_backend: the event loop (``"asyncio"`` or ``"trio"``) that runs in the
             background thread when the communicator is used with a plain ``with``.
         ssl_context: TLS context for ``amqps://``.
@@ -494,6 +513,9 @@ class Communicator:
         testing_mode: bool = False,
         queue_type: str | None = None,
         blocking_backend: str = "asyncio",
+        reconnect: bool = True,
+        reconnect_timeout: float = 60.0,
+        reconnect_max_delay: float = 30.0,
         ssl_context: Any = None,
         **connection_options: Any,
     ) -> None:
@@ -531,13 +553,21 @@ class Communicator:
         self._cm: Any = None
         self._publisher: Channel | None = None
         self._declarer: Channel | None = None
-        self._subscriber_channel: Channel | None = None
         self._channel_lock = anyio.Lock()
         self._exchanges: set[str] = set()
         self._reply_queue = f"{message_exchange}-reply-{uuid.uuid4()}"
         self._reply_consumer: _ConsumerHandle | None = None
-        self._reply_bindings: set[str] = set()
+        self._reply_exchanges: set[str] = set()  # exchanges the reply queue must be bound to
+        self._reply_bound: set[str] = set()  # ... and is bound to on this connection
+        self._reply_declared = False
         self._reply_lock = anyio.Lock()
+        self.reconnect = reconnect
+        self.reconnect_timeout = reconnect_timeout
+        self.reconnect_max_delay = reconnect_max_delay
+        self._link_up = anyio.Event()
+        self._generation = 0
+        self._failure: BaseException | None = None
+        self._listeners: list[Callable[[str, BaseException | None], object]] = []
         self._pending: dict[str, Future[Any]] = {}
         self._rpc_subscribers: dict[str, tuple[str, _ConsumerHandle]] = {}
         self._broadcast_subscribers: dict[str, Subscriber] = {}
@@ -595,39 +625,152 @@ class Communicator:
         user_exc: BaseException | None = None
         self._state = "connecting"
         try:
-            async with self._open_connection() as connection:
-                self._connection_ = connection
-                async with anyio.create_task_group() as tg:
-                    self._tg = tg
-                    try:
-                        self._publisher = await connection.channel(publisher_confirms=True)
-                        self._state = "open"
-                        yield
-                    except BaseException as exc:
-                        user_exc = exc
-                    finally:
-                        self._state = "closing"
-                        self._fail_pending()
-                        tg.cancel_scope.cancel()
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                try:
+                    await tg.start(self._supervise)
+                    self._state = "open"
+                    yield
+                except BaseException as exc:
+                    user_exc = exc
+                finally:
+                    self._state = "closing"
+                    self._fail_pending()
+                    tg.cancel_scope.cancel()
         finally:
             self._state = "closed"
+            self._link_up.set()  # wake anyone waiting for a link: they see "closed"
             self._fail_pending()
+        failure = self._failure
+        if failure is not None and (
+            user_exc is None or isinstance(user_exc, AMQPError | anyio.get_cancelled_exc_class())
+        ):
+            raise failure from None
         if user_exc is not None:
             raise user_exc
 
-    def _open_connection(self) -> AbstractAsyncContextManager[Connection]:
+    # ------------------------------------------------------------ the connection and recovery
+
+    async def _supervise(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the connection: connect, and after an unexpected loss reconnect with
+        jittered exponential backoff (rotating hosts) until the communicator closes."""
+        attempt = 0
+        first = True
+        while True:
+            try:
+                async with self._open_connection(attempt) as connection:
+                    self._connection_ = connection
+                    self._generation += 1
+                    self._forget_topology()
+                    self._publisher = await connection.channel(publisher_confirms=True)
+                    attempt = 0
+                    self._link_up.set()
+                    if first:
+                        first = False
+                        task_status.started()
+                        self._notify("connected", None)
+                    else:
+                        logger.warning("%s: connection recovered", self)
+                        self._notify("recovered", None)
+                    await anyio.sleep_forever()
+            except (ConnectionClosed, ConnectionFailed, ProtocolError) as exc:
+                if first or isinstance(exc, AuthenticationError | VhostNotFound):
+                    if first:
+                        raise
+                    self._give_up(exc)
+                    return
+                if self._link_up.is_set():
+                    self._link_up = anyio.Event()
+                if not self.reconnect:
+                    self._give_up(exc)
+                    return
+                if attempt == 0:
+                    logger.warning("%s: connection lost (%s); reconnecting", self, exc)
+                    self._notify("disconnected", exc)
+                else:
+                    logger.info("%s: reconnect attempt %d failed: %s", self, attempt, exc)
+            attempt += 1
+            delay = min(self.reconnect_max_delay, 0.25 * 2 ** min(attempt, 10))
+            await anyio.sleep(delay * random.uniform(0.5, 1.0))
+
+    def _give_up(self, exc: BaseException) -> None:
+        self._failure = exc if isinstance(exc, AMQPError) else ConnectionClosed(0, str(exc))
+        self._notify("disconnected", exc)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    def _forget_topology(self) -> None:
+        """A new connection: every channel is gone, and after a broker restart so are the
+        non-durable exchanges and queues; declare everything again on first use."""
+        self._exchanges.clear()
+        self._publisher = None
+        self._declarer = None
+        self._reply_bound.clear()
+        for queue in self._task_queues.values():
+            queue._declared = False
+            queue._channel = None
+
+    def _notify(self, event: str, error: BaseException | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event, error)
+            except Exception:
+                logger.exception("connection listener %r raised", listener)
+
+    def add_connection_listener(
+        self, listener: Callable[[str, BaseException | None], object]
+    ) -> None:
+        """Call ``listener(event, error)`` on ``"connected"``, ``"disconnected"`` (with the
+        error) and ``"recovered"``."""
+        self._listeners.append(listener)
+
+    def remove_connection_listener(
+        self, listener: Callable[[str, BaseException | None], object]
+    ) -> None:
+        """Stop calling a connection listener."""
+        self._listeners.remove(listener)
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the link to the broker is up (False while recovering)."""
+        return self._state == "open" and self._link_up.is_set()
+
+    async def _wait_connection(self, timeout: float | None = None) -> Connection:
+        """The current connection, waiting up to ``reconnect_timeout`` for a recovery."""
+        self._check_open()
+        if not self._link_up.is_set():
+            limit = self.reconnect_timeout if timeout is None else timeout
+            with anyio.move_on_after(limit):
+                await self._link_up.wait()
+            self._check_open()
+            if not self._link_up.is_set():
+                raise ConnectionClosed(
+                    0, f"not connected to the broker (waited {limit} s for a reconnection)"
+                )
+        assert self._connection_ is not None
+        return self._connection_
+
+    def _open_connection(self, attempt: int = 0) -> AbstractAsyncContextManager[Connection]:
         if self._memory is not None:
             from . import memory
 
             return cast("AbstractAsyncContextManager[Connection]", memory.connect(self._memory))
-        assert self._params is not None
-        return amqp_connect(self._params)
+        params = self._params
+        assert params is not None
+        shift = attempt % len(params.addresses)
+        if shift:  # rotate through the hosts of the URL
+            params = dataclasses.replace(
+                params, addresses=params.addresses[shift:] + params.addresses[:shift]
+            )
+        return amqp_connect(params)
 
-    def _fail_pending(self) -> None:
+    def _fail_pending(self, error: BaseException | None = None) -> None:
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
-                future.set_exception(CommunicatorClosed("the communicator closed"))
+                future.set_exception(error or CommunicatorClosed("the communicator closed"))
 
     def is_closed(self) -> bool:
         """True once the communicator has closed (or is closing)."""
@@ -638,15 +781,11 @@ class Communicator:
             raise CommunicatorClosed(f"the communicator is {self._state}")
 
     @property
-    def _connection(self) -> Connection:
-        self._check_open()
-        assert self._connection_ is not None
-        return self._connection_
-
-    @property
     def server_properties(self) -> dict[str, Any]:
         """The broker's properties (``product``, ``version``, ``platform`` …)."""
-        return self._connection.server_properties
+        self._check_open()
+        assert self._connection_ is not None
+        return self._connection_.server_properties
 
     def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         assert self._tg is not None
@@ -661,7 +800,8 @@ class Communicator:
         async with self._channel_lock:
             channel = getattr(self, attr)
             if channel is None or not channel.is_open:
-                channel = await self._connection.channel(publisher_confirms=confirms)
+                connection = await self._wait_connection()
+                channel = await connection.channel(publisher_confirms=confirms)
                 setattr(self, attr, channel)
             assert channel is not None
             return channel
@@ -689,7 +829,7 @@ class Communicator:
 
     async def _start_consumer(
         self,
-        channel: Channel,
+        open_channel: Callable[[Connection], Awaitable[Channel]],
         queue: str,
         on_message: Callable[[Message], Coroutine[Any, Any, None]],
         *,
@@ -703,7 +843,7 @@ class Communicator:
         await self._tg.start(
             self._run_consumer,
             handle,
-            channel,
+            open_channel,
             queue,
             on_message,
             what,
@@ -716,7 +856,7 @@ class Communicator:
     async def _run_consumer(
         self,
         handle: _ConsumerHandle,
-        channel: Channel,
+        open_channel: Callable[[Connection], Awaitable[Channel]],
         queue: str,
         on_message: Callable[[Message], Coroutine[Any, Any, None]],
         what: str,
@@ -726,24 +866,45 @@ class Communicator:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Consume ``queue`` until stopped; after a connection loss (or a broker-side
+        cancel) open a channel again, redeclare what the consumer needs and resume."""
         started = False
+        failures = 0
         try:
             with handle.scope:
-                consumer = channel.basic_consume(queue, no_ack=no_ack, consumer_tag=consumer_tag)
-                async with consumer:
-                    started = True
-                    task_status.started()
-                    async with anyio.create_task_group() as handlers:
-                        async for message in consumer:
-                            if sequential:
-                                await on_message(message)
-                            else:
-                                handlers.start_soon(on_message, message)
-        except AMQPError as exc:
-            if not started:
-                raise
-            if self._state == "open" and not isinstance(exc, ConnectionClosed):
-                logger.error("consumer of %s stopped: %s", what, exc)
+                while True:
+                    channel: Channel | None = None
+                    try:
+                        connection = await self._wait_connection(math.inf)
+                        channel = await open_channel(connection)
+                        consumer = channel.basic_consume(
+                            queue, no_ack=no_ack, consumer_tag=consumer_tag
+                        )
+                        async with consumer:
+                            if not started:
+                                started = True
+                                task_status.started()
+                            failures = 0
+                            async with anyio.create_task_group() as handlers:
+                                async for message in consumer:
+                                    if sequential:
+                                        await on_message(message)
+                                    else:
+                                        handlers.start_soon(on_message, message)
+                    except (AMQPError, DeliveryFailed, DuplicateSubscriberIdentifier) as exc:
+                        if not started:
+                            raise
+                        if self._state != "open":
+                            return
+                        lost = self._connection_ is None or not self._connection_.is_open
+                        if not lost:
+                            failures += 1
+                            logger.error("consumer of %s stopped (%s); restarting", what, exc)
+                            await anyio.sleep(min(30.0, 0.5 * 2**failures) * random.random())
+                    finally:
+                        if channel is not None and channel.is_open:
+                            with anyio.CancelScope(shield=True):
+                                await channel.aclose()
         finally:
             handle.done.set()
 
@@ -792,8 +953,11 @@ class Communicator:
         mandatory: bool,
         what: str,
     ) -> None:
-        for attempt in (1, 2):
+        redeclared = False
+        deadline = anyio.current_time() + self.reconnect_timeout
+        while True:
             channel = await self._channel("_publisher", confirms=True)
+            connection = self._connection_
             try:
                 await channel.basic_publish(
                     body,
@@ -805,13 +969,20 @@ class Communicator:
                 return
             except MessageReturned:
                 raise
-            except ChannelClosed as exc:
+            except (ChannelClosed, ConnectionClosed) as exc:
                 if self._state != "open":
                     raise CommunicatorClosed(
                         f"the communicator closed while sending {what}"
                     ) from exc
-                if attempt == 1 and exc.reply_code == 404 and exchange in self._exchanges:
+                lost = connection is None or not connection.is_open
+                if lost and self.reconnect and anyio.current_time() < deadline:
+                    # not confirmed before the link dropped: send it again after recovery
+                    # (at-least-once: the receiver may see it twice, never zero times)
+                    logger.info("resending %s after the connection was lost", what)
+                    continue
+                if not redeclared and exc.reply_code == 404 and exchange in self._exchanges:
                     # the exchange vanished (auto-delete, or deleted by someone): redeclare
+                    redeclared = True
                     self._exchanges.discard(exchange)
                     await self._ensure_exchange(exchange)
                     continue
@@ -890,38 +1061,64 @@ class Communicator:
         return future
 
     async def _ensure_reply_queue(self, exchange: str) -> None:
-        if exchange in self._reply_bindings:
+        """Make sure replies sent through ``exchange`` reach us.
+
+        The reply queue is not exclusive (it expires 60 s after we are gone), so it survives
+        a dropped connection and replies published meanwhile wait in it. kiwiPy workers only
+        need its name bound on the exchange they reply through.
+        """
+        if exchange in self._reply_bound:
             return
         async with self._reply_lock:
-            if exchange in self._reply_bindings:
+            if exchange in self._reply_bound:
                 return
-            await self._ensure_exchange(exchange)
+            self._reply_exchanges.add(exchange)
             if self._reply_consumer is None:
-                await self._declare(
-                    lambda ch: ch.queue_declare(
-                        self._reply_queue,
-                        exclusive=True,
-                        auto_delete=self.testing_mode,
-                        arguments={"x-expires": wire.REPLY_QUEUE_EXPIRES},
-                    ),
-                    "reply queue",
-                )
-                channel = await self._connection.channel()
                 self._reply_consumer = await self._start_consumer(
-                    channel,
+                    self._open_reply_channel,
                     self._reply_queue,
                     self._on_reply,
                     what="reply queue",
                     no_ack=True,
                     sequential=True,
                 )
-            await self._declare(
-                lambda ch: ch.queue_bind(
-                    self._reply_queue, exchange, routing_key=self._reply_queue
-                ),
-                "reply queue binding",
-            )
-            self._reply_bindings.add(exchange)
+            else:
+                await self._ensure_exchange(exchange)
+                await self._declare(
+                    lambda ch: ch.queue_bind(
+                        self._reply_queue, exchange, routing_key=self._reply_queue
+                    ),
+                    "reply queue binding",
+                )
+                self._reply_bound.add(exchange)
+
+    async def _open_reply_channel(self, connection: Connection) -> Channel:
+        if self._reply_declared:
+            probe = await connection.channel()
+            try:
+                await probe.queue_declare(self._reply_queue, passive=True)
+            except ChannelClosed as exc:
+                if exc.reply_code == 404:
+                    logger.error("%s: the reply queue was lost (broker restart?)", self)
+                    self._fail_pending(
+                        DeliveryFailed(
+                            "the reply queue was lost while disconnected (the broker "
+                            "restarted?): the request may have been handled, but its reply "
+                            "cannot arrive"
+                        )
+                    )
+            finally:
+                await probe.aclose()
+        channel = await connection.channel()
+        await channel.queue_declare(
+            self._reply_queue, arguments={"x-expires": wire.REPLY_QUEUE_EXPIRES}
+        )
+        self._reply_declared = True
+        for exchange in list(self._reply_exchanges):
+            await self._ensure_exchange(exchange)
+            await channel.queue_bind(self._reply_queue, exchange, routing_key=self._reply_queue)
+            self._reply_bound.add(exchange)
+        return channel
 
     async def _on_reply(self, message: Message) -> None:
         correlation_id = message.properties.correlation_id or ""
@@ -1031,22 +1228,19 @@ class Communicator:
             raise ValueError(f"an RPC identifier cannot contain '*' or '#': {identifier!r}")
         if identifier in self._rpc_subscribers:
             raise DuplicateSubscriberIdentifier(f"RPC subscriber {identifier!r} already exists")
-        await self._ensure_exchange(self.message_exchange)
         queue = f"{self.message_exchange}.rpc.{identifier}"
         placeholder = _ConsumerHandle()
         self._rpc_subscribers[identifier] = (queue, placeholder)
+
+        async def open_channel(connection: Connection) -> Channel:
+            return await self._open_rpc_channel(connection, queue, identifier)
+
+        async def on_rpc(message: Message) -> None:
+            await self._on_rpc(subscriber, message)
+
         try:
-            channel = await self._declarer_for_exclusive(queue, identifier)
-            await channel.queue_bind(
-                queue, self.message_exchange, routing_key=wire.rpc_routing_key(identifier)
-            )
-            subscriber_channel = await self._channel("_subscriber_channel")
-
-            async def on_rpc(message: Message) -> None:
-                await self._on_rpc(subscriber, message)
-
             handle = await self._start_consumer(
-                subscriber_channel,
+                open_channel,
                 queue,
                 on_rpc,
                 what=f"RPC subscriber {identifier!r}",
@@ -1058,13 +1252,20 @@ class Communicator:
         self._rpc_subscribers[identifier] = (queue, handle)
         return identifier
 
-    async def _declarer_for_exclusive(self, queue: str, identifier: str) -> Channel:
-        channel = await self._channel("_declarer")
+    async def _open_rpc_channel(
+        self, connection: Connection, queue: str, identifier: str
+    ) -> Channel:
+        """Declare the subscriber's exclusive queue and binding on a new channel."""
+        await self._ensure_exchange(self.message_exchange)
+        channel = await connection.channel()
         try:
             await channel.queue_declare(
                 queue,
                 exclusive=True,
                 arguments={"x-message-ttl": wire.RPC_MESSAGE_TTL, "x-expires": self.queue_expires},
+            )
+            await channel.queue_bind(
+                queue, self.message_exchange, routing_key=wire.rpc_routing_key(identifier)
             )
         except ChannelClosed as exc:
             if exc.reply_code == 405:
@@ -1176,31 +1377,31 @@ class Communicator:
         try:
             async with self._broadcast_lock:
                 if self._broadcast_consumer is None:
-                    await self._ensure_exchange(self.message_exchange)
-                    queue = f"broadcast-{_new_id()}"
-                    await self._declare(
-                        lambda ch: ch.queue_declare(
-                            queue,
-                            exclusive=True,
-                            arguments={"x-message-ttl": wire.BROADCAST_MESSAGE_TTL},
-                        ),
-                        "broadcast queue",
-                    )
-                    await self._declare(
-                        lambda ch: ch.queue_bind(
-                            queue, self.message_exchange, routing_key=wire.BROADCAST_ROUTING_KEY
-                        ),
-                        "broadcast queue binding",
-                    )
-                    channel = await self._channel("_subscriber_channel")
+                    queue = self._broadcast_queue = f"broadcast-{_new_id()}"
                     self._broadcast_consumer = await self._start_consumer(
-                        channel, queue, self._on_broadcast, what="broadcasts", sequential=True
+                        self._open_broadcast_channel,
+                        queue,
+                        self._on_broadcast,
+                        what="broadcasts",
+                        sequential=True,
                     )
-                    self._broadcast_queue = queue
         except BaseException:
             self._broadcast_subscribers.pop(identifier, None)
             raise
         return identifier
+
+    async def _open_broadcast_channel(self, connection: Connection) -> Channel:
+        queue = self._broadcast_queue
+        assert queue is not None
+        await self._ensure_exchange(self.message_exchange)
+        channel = await connection.channel()
+        await channel.queue_declare(
+            queue, exclusive=True, arguments={"x-message-ttl": wire.BROADCAST_MESSAGE_TTL}
+        )
+        await channel.queue_bind(
+            queue, self.message_exchange, routing_key=wire.BROADCAST_ROUTING_KEY
+        )
+        return channel
 
     async def remove_broadcast_subscriber(self, identifier: str) -> None:
         """Remove a broadcast subscriber; the last one removed deletes the queue, so no

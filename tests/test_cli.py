@@ -92,3 +92,24 @@ def test_bad_url_is_a_clear_error(broker_url: str) -> None:
     assert result.returncode == 2
     assert "port" in result.stderr
     assert "s3cr3t-pw" not in result.stdout + result.stderr
+
+
+def test_demo_runs_on_the_memory_broker_by_default() -> None:
+    """`bash scripts/run` (no URL) needs no RabbitMQ: the demo uses memory://."""
+    import io
+
+    from kiwi_anyio.__main__ import main
+
+    out = io.StringIO()
+    env_url = os.environ.pop("KIWI_ANYIO_URL", None)
+    try:
+        assert main(["demo"], out=out) == 0
+    finally:
+        if env_url is not None:
+            os.environ["KIWI_ANYIO_URL"] = env_url
+    text = out.getvalue()
+    assert "connected to kiwi_anyio memory broker at memory://demo" in text
+    assert "result: 'task 2 done'" in text
+    assert "fib(30) = 832040" in text
+    assert "UnroutableError" in text
+    assert "kern.critical" in text and "cron.info" not in text

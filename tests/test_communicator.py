@@ -51,11 +51,26 @@ def comm_options() -> dict[str, Any]:
     return names()
 
 
+@pytest.fixture(params=["rabbitmq", "memory"])
+def url(request: pytest.FixtureRequest) -> str:
+    """Every test runs on RabbitMQ and on the embedded memory:// broker."""
+    if request.param == "memory":
+        return f"memory://test-{uuid.uuid4().hex}"
+    return str(request.getfixturevalue("broker_url"))
+
+
+def raw_connection(url: str) -> Any:
+    """A plain AMQP connection (or the memory broker's equivalent) to ``url``."""
+    if url.startswith("memory://"):
+        from kiwi_anyio import memory
+
+        return memory.connect(url)
+    return amqp_connect(url)
+
+
 @pytest.fixture
-async def comm(
-    broker_url: str, comm_options: dict[str, Any]
-) -> AsyncIterator[kiwi_anyio.Communicator]:
-    async with kiwi_anyio.connect(broker_url, **comm_options) as communicator:
+async def comm(url: str, comm_options: dict[str, Any]) -> AsyncIterator[kiwi_anyio.Communicator]:
+    async with kiwi_anyio.connect(url, **comm_options) as communicator:
         yield communicator
 
 
@@ -84,9 +99,9 @@ class Inbox:
 # ---------------------------------------------------------------- lifetime
 
 
-async def test_context_and_close(broker_url: str, comm_options: dict[str, Any]) -> None:
+async def test_context_and_close(url: str, comm_options: dict[str, Any]) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(broker_url, **comm_options) as comm:
+        async with kiwi_anyio.connect(url, **comm_options) as comm:
             assert not comm.is_closed()
         assert comm.is_closed()
 
@@ -107,24 +122,25 @@ async def test_context_and_close(broker_url: str, comm_options: dict[str, Any]) 
             await comm.broadcast_send(1)
 
 
-async def test_user_exception_propagates_unwrapped(
-    broker_url: str, comm_options: dict[str, Any]
-) -> None:
+async def test_user_exception_propagates_unwrapped(url: str, comm_options: dict[str, Any]) -> None:
     with anyio.fail_after(TIMEOUT), pytest.raises(KeyError, match="mine"):
-        async with kiwi_anyio.connect(broker_url, **comm_options):
+        async with kiwi_anyio.connect(url, **comm_options):
             raise KeyError("mine")
 
 
-async def test_server_properties(comm: kiwi_anyio.Communicator) -> None:
+async def test_server_properties(comm: kiwi_anyio.Communicator, url: str) -> None:
     props = comm.server_properties
+    if url.startswith("memory://"):
+        assert props["product"] == "kiwi_anyio memory broker"
+        return
     assert props["product"] == "RabbitMQ"
     assert "version" in props
     assert str(props["platform"]).startswith("Erlang")
 
 
-async def test_pending_futures_fail_on_close(broker_url: str, comm_options: dict[str, Any]) -> None:
+async def test_pending_futures_fail_on_close(url: str, comm_options: dict[str, Any]) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(broker_url, **comm_options) as comm:
+        async with kiwi_anyio.connect(url, **comm_options) as comm:
             future = await comm.task_send("nobody takes this")
             assert future is not None
         with pytest.raises(CommunicatorClosed):
@@ -208,7 +224,7 @@ async def test_rpc_unroutable(comm: kiwi_anyio.Communicator) -> None:
 
 
 async def test_duplicate_rpc_identifier(
-    comm: kiwi_anyio.Communicator, broker_url: str, comm_options: dict[str, Any]
+    comm: kiwi_anyio.Communicator, url: str, comm_options: dict[str, Any]
 ) -> None:
     async def rpc(_comm: Any, msg: Any) -> int:
         return 1
@@ -218,7 +234,7 @@ async def test_duplicate_rpc_identifier(
         with pytest.raises(DuplicateSubscriberIdentifier):
             await comm.add_rpc_subscriber(rpc, "only-one")
         # another process (here: another connection) cannot take it either
-        async with kiwi_anyio.connect(broker_url, **comm_options) as other:
+        async with kiwi_anyio.connect(url, **comm_options) as other:
             with pytest.raises(DuplicateSubscriberIdentifier):
                 await other.add_rpc_subscriber(rpc, "only-one")
             assert await (await other.rpc_send("only-one", None)) == 1
@@ -402,7 +418,7 @@ async def test_task_rejected_goes_to_next_subscriber(comm: kiwi_anyio.Communicat
 
 
 async def test_task_all_reject_requeues_to_another_worker(
-    broker_url: str, comm_options: dict[str, Any]
+    url: str, comm_options: dict[str, Any]
 ) -> None:
     rejected = Inbox()
 
@@ -414,21 +430,19 @@ async def test_task_all_reject_requeues_to_another_worker(
         return "other worker"
 
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(broker_url, **comm_options) as picky:
+        async with kiwi_anyio.connect(url, **comm_options) as picky:
             await picky.add_task_subscriber(rejecter)
             future = await picky.task_send("hot potato")
             assert future is not None
             await rejected.wait_for(1)
-            async with kiwi_anyio.connect(broker_url, **comm_options) as willing:
+            async with kiwi_anyio.connect(url, **comm_options) as willing:
                 await willing.add_task_subscriber(acceptor)
                 assert await future == "other worker"
             # no hot loop: during the requeue delay the task was rejected few times
             assert len(rejected.items) <= 3
 
 
-async def test_unfinished_task_is_requeued_on_close(
-    broker_url: str, comm_options: dict[str, Any]
-) -> None:
+async def test_unfinished_task_is_requeued_on_close(url: str, comm_options: dict[str, Any]) -> None:
     started = anyio.Event()
     inbox = Inbox()
 
@@ -441,22 +455,20 @@ async def test_unfinished_task_is_requeued_on_close(
         return "finished elsewhere"
 
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(broker_url, **comm_options) as sender:
-            async with kiwi_anyio.connect(broker_url, **comm_options) as first:
+        async with kiwi_anyio.connect(url, **comm_options) as sender:
+            async with kiwi_anyio.connect(url, **comm_options) as first:
                 await first.add_task_subscriber(stuck)
                 future = await sender.task_send("survivor")
                 assert future is not None
                 await started.wait()
             # the first worker closed mid-task: the task goes back and is not lost
-            async with kiwi_anyio.connect(broker_url, **comm_options) as second:
+            async with kiwi_anyio.connect(url, **comm_options) as second:
                 await second.add_task_subscriber(worker)
                 assert await future == "finished elsewhere"
                 assert inbox.items == ["survivor"]
 
 
-async def test_prefetch_limits_concurrent_tasks(
-    broker_url: str, comm_options: dict[str, Any]
-) -> None:
+async def test_prefetch_limits_concurrent_tasks(url: str, comm_options: dict[str, Any]) -> None:
     running = 0
     peak = 0
 
@@ -469,16 +481,14 @@ async def test_prefetch_limits_concurrent_tasks(
         return task
 
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(broker_url, task_prefetch_count=3, **comm_options) as comm:
+        async with kiwi_anyio.connect(url, task_prefetch_count=3, **comm_options) as comm:
             await comm.add_task_subscriber(worker)
             futures = [await comm.task_send(i) for i in range(12)]
             assert [await f for f in futures if f is not None] == list(range(12))
     assert peak == 3
 
 
-async def test_two_workers_share_tasks_exactly_once(
-    broker_url: str, comm_options: dict[str, Any]
-) -> None:
+async def test_two_workers_share_tasks_exactly_once(url: str, comm_options: dict[str, Any]) -> None:
     handled: dict[int, list[str]] = {}
 
     def make(name: str) -> Any:
@@ -491,8 +501,8 @@ async def test_two_workers_share_tasks_exactly_once(
 
     with anyio.fail_after(TIMEOUT):
         async with (
-            kiwi_anyio.connect(broker_url, **comm_options) as a,
-            kiwi_anyio.connect(broker_url, **comm_options) as b,
+            kiwi_anyio.connect(url, **comm_options) as a,
+            kiwi_anyio.connect(url, **comm_options) as b,
         ):
             await a.add_task_subscriber(make("a"))
             await b.add_task_subscriber(make("b"))
@@ -742,7 +752,7 @@ async def test_async_subscriber_inside_filter_is_awaited(comm: kiwi_anyio.Commun
 
 
 async def test_undecodable_task_is_rejected_and_sender_told(
-    broker_url: str, comm: kiwi_anyio.Communicator
+    url: str, comm: kiwi_anyio.Communicator
 ) -> None:
     """A body that is not YAML (or carries a Python tag) is rejected without requeue; a
     waiting sender gets an exception; the worker goes on serving."""
@@ -762,7 +772,7 @@ async def test_undecodable_task_is_rejected_and_sender_told(
             f'!!python/object/apply:os.system ["touch {canary}"]'.encode(),
             b"!!python/name:os.system",
         ]
-        async with amqp_connect(broker_url) as conn, conn.channel(publisher_confirms=True) as ch:
+        async with raw_connection(url) as conn, conn.channel(publisher_confirms=True) as ch:
             replies = f"raw-replies-{uuid.uuid4().hex}"
             await ch.queue_declare(replies, exclusive=True)
             await ch.queue_bind(replies, comm.task_exchange, routing_key=replies)
@@ -789,9 +799,7 @@ async def test_undecodable_task_is_rejected_and_sender_told(
         assert inbox.items == ["warm up", "after"]
 
 
-async def test_throughput_many_tasks_in_flight(
-    broker_url: str, comm_options: dict[str, Any]
-) -> None:
+async def test_throughput_many_tasks_in_flight(url: str, comm_options: dict[str, Any]) -> None:
     """Sends are pipelined: 500 task_sends in flight at once all complete."""
 
     async def worker(_comm: Any, task: int) -> int:
@@ -799,7 +807,7 @@ async def test_throughput_many_tasks_in_flight(
 
     results: list[int] = []
     with anyio.fail_after(60):
-        async with kiwi_anyio.connect(broker_url, task_prefetch_count=50, **comm_options) as comm:
+        async with kiwi_anyio.connect(url, task_prefetch_count=50, **comm_options) as comm:
             await comm.add_task_subscriber(worker)
 
             async def send(i: int) -> None:

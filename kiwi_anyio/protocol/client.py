@@ -62,6 +62,13 @@ FieldTable = Mapping[str, Any]
 WRITE_HIGH_WATER: Final = 4 * 1024 * 1024  # publishers wait while more than this is unsent
 READ_SIZE: Final = 256 * 1024
 CLOSE_TIMEOUT: Final = 5.0
+# what a stream raises when the socket is gone (or closed under the reader by a heartbeat timeout)
+_STREAM_ERRORS: Final = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+    ssl.SSLError,
+)
 
 
 class _Slot:
@@ -212,10 +219,15 @@ class Consumer:
     async def start(self) -> Self:
         """Send ``Basic.Consume`` and wait for ``ConsumeOk``. ``async with`` calls it."""
         ch = self._channel
-        reply = await ch._call(
-            commands.Basic.Consume(queue=self.queue, no_ack=self.no_ack, **self._kwargs),
-            register=self,
-        )
+        try:
+            reply = await ch._call(
+                commands.Basic.Consume(queue=self.queue, no_ack=self.no_ack, **self._kwargs),
+                register=self,
+            )
+        except BaseException:
+            self._send.close()  # __aexit__ will not run: nothing else closes the streams
+            self._receive.close()
+            raise
         assert isinstance(reply, commands.Basic.ConsumeOk)
         self.consumer_tag = reply.consumer_tag or ""
         self._started = True
@@ -239,15 +251,15 @@ class Consumer:
         """
         ch = self._channel
         tag = self.consumer_tag
-        if ch._consumers.pop(tag, None) is None:
-            return
+        registered = ch._consumers.pop(tag, None) is not None
         self._send.close()
         if not self.no_ack:
             for message in _drain(self._receive):
                 if not message._settled and ch.is_open:
                     message.reject(requeue=True)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
-            if ch.is_open:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_close_wait(ch._connection)):
+            # not registered: the broker cancelled it, or the channel closed, first
+            if registered and ch.is_open:
                 try:
                     await ch._call(commands.Basic.Cancel(consumer_tag=tag))
                 except AMQPError:
@@ -271,6 +283,11 @@ class Consumer:
             if self._error is not None:
                 raise self._error from None
             raise StopAsyncIteration from None
+
+
+def _close_wait(connection: Connection) -> float:
+    """How long to wait for CancelOk/CloseOk: not at all while the broker reads nothing."""
+    return 0 if connection.is_blocked else CLOSE_TIMEOUT
 
 
 def _drain(stream: MemoryObjectReceiveStream[Message]) -> list[Message]:
@@ -310,8 +327,8 @@ class Channel:
 
     @property
     def is_open(self) -> bool:
-        """True until the channel is closed, by us or by the broker."""
-        return self._closed is None
+        """True until the channel is closed (by us or by the broker) or its connection is."""
+        return self._closed is None and self._connection.is_open
 
     @property
     def close_reason(self) -> ChannelClosed | None:
@@ -358,9 +375,11 @@ class Channel:
             slot.fail(UndecodableContent(f"basic_get: undecodable content header: {value.error}"))
         elif not slot.abandoned:
             slot.set(value)
-        elif isinstance(value, ev.GetOk):  # an abandoned basic_get: give the message back
-            self._core.reject(self.number, value.delivery_tag, requeue=True)
-            self._connection._wake_writer()
+        else:
+            slot.event.set()  # nobody reads it, but requests queued behind it go on
+            if isinstance(value, ev.GetOk):  # an abandoned basic_get: give the message back
+                self._core.reject(self.number, value.delivery_tag, requeue=True)
+                self._connection._wake_writer()
 
     def _on_delivery(self, event: ev.Delivery) -> None:
         consumer = self._consumers.get(event.consumer_tag)
@@ -422,6 +441,12 @@ class Channel:
 
     async def _call(self, method: Frame, *, register: Consumer | None = None) -> Any:
         self._check()
+        # One synchronous request at a time (also after a cancelled wait: its reply is still
+        # due). RabbitMQ does not keep pipelined replies in order: a queue process sends
+        # ConsumeOk/CancelOk, which can come after the reply to a later Basic.Get.
+        while self._waiters:
+            await self._waiters[-1].event.wait()
+            self._check()
         slot = _Slot()
         self._core.send_method(self.number, method)
         self._waiters.append(slot)
@@ -710,7 +735,7 @@ class Channel:
             if self._closed is None and self._connection._core.is_open:
                 self._core.close_channel(self.number)
                 self._connection._wake_writer()
-                with anyio.move_on_after(CLOSE_TIMEOUT):
+                with anyio.move_on_after(_close_wait(self._connection)):
                     await self._closed_event.wait()
             self._on_closed(ChannelClosed(200, "channel closed by the client"))
 
@@ -781,6 +806,7 @@ class Connection:
         )
         self._stream: anyio.abc.ByteStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._background: anyio.CancelScope | None = None  # the reader, writer and heartbeats
         self._channels: dict[int, Channel] = {}
         self._opening: dict[int, _Slot] = {}
         self._writer_event: anyio.Event | None = None
@@ -903,8 +929,19 @@ class Connection:
                 event = self._writer_event = anyio.Event()
                 await event.wait()
                 continue
-            await stream.send(data)
+            try:
+                await stream.send(data)
+            except _STREAM_ERRORS as exc:
+                self._lost(ConnectionClosed(0, f"connection to {self} lost: {exc!r}"))
+                return
             self._last_send = anyio.current_time()
+
+    async def _run_background(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._reader)
+                tasks.start_soon(self._writer)
+                tasks.start_soon(self._heartbeat)
 
     # ------------------------------------------------------------ reader
 
@@ -915,7 +952,7 @@ class Connection:
         while True:
             try:
                 data = await stream.receive(READ_SIZE)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, ssl.SSLError) as exc:
+            except (anyio.EndOfStream, *_STREAM_ERRORS) as exc:
                 self._lost(ConnectionClosed(0, f"connection to {self} lost: {exc!r}"))
                 return
             self._last_recv = anyio.current_time()
@@ -1020,7 +1057,9 @@ class Connection:
             self._failure = error
             logger.error("%s: %s", self, error)
         self._finish(error)
-        if self._tg is not None:
+        if self._tg is not None and not self._closing:  # aclose() stops the tasks itself
+            if self._background is not None:
+                self._background.cancel()
             self._tg.cancel_scope.cancel()
 
     # ------------------------------------------------------------ heartbeats
@@ -1155,8 +1194,10 @@ class Connection:
                 with anyio.move_on_after(CLOSE_TIMEOUT):
                     await self._closed_event.wait()
             self._finish(ConnectionClosed(200, "the connection is closed"))
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
+            # Stop the background tasks only: aclose() may be called from the user's block,
+            # which must go on (and see ConnectionClosed), not be cancelled.
+            if self._background is not None:
+                self._background.cancel()
             if self._stream is not None:
                 await anyio.aclose_forcefully(self._stream)
 
@@ -1206,9 +1247,10 @@ async def connect(
     try:
         async with anyio.create_task_group() as tg:
             conn._tg = tg
-            tg.start_soon(conn._reader)
-            tg.start_soon(conn._writer)
-            tg.start_soon(conn._heartbeat)
+            # shielded: only this connection stops its reader and writer (a cancelled caller
+            # must still see the Connection.Close/CloseOk exchange through)
+            conn._background = anyio.CancelScope(shield=True)
+            tg.start_soon(conn._run_background, conn._background)
             try:
                 yield conn
             except BaseException as exc:
