@@ -47,6 +47,7 @@ from .exceptions import (
     ConnectionFailed,
     DeliveryFailed,
     DuplicateSubscriberIdentifier,
+    KiwiError,
     MessageReturned,
     ProtocolError,
     QueueEmpty,
@@ -383,7 +384,7 @@ class TaskQueue:
             # nobody took it: give it back, after a pause so it does not spin
             await anyio.sleep(REQUEUE_DELAY)
             message.nack(requeue=True)
-        except AMQPError as exc:
+        except KiwiError as exc:  # the link dropped, or the communicator closes
             logger.warning(
                 "task %s on queue %r not settled: %s", message.delivery_tag, self.name, exc
             )
@@ -568,6 +569,9 @@ class Communicator:
         self._generation = 0
         self._failure: BaseException | None = None
         self._listeners: list[Callable[[str, BaseException | None], object]] = []
+        # the connection each running consumer consumes on (recovery waits for all of them)
+        self._consuming_on: dict[_ConsumerHandle, Connection | None] = {}
+        self._consumers_changed = anyio.Event()
         self._pending: dict[str, Future[Any]] = {}
         self._rpc_subscribers: dict[str, tuple[str, _ConsumerHandle]] = {}
         self._broadcast_subscribers: dict[str, Subscriber] = {}
@@ -672,6 +676,7 @@ class Communicator:
                         task_status.started()
                         self._notify("connected", None)
                     else:
+                        await self._wait_consumers_restored(connection)
                         logger.warning("%s: connection recovered", self)
                         self._notify("recovered", None)
                     await anyio.sleep_forever()
@@ -694,6 +699,20 @@ class Communicator:
             attempt += 1
             delay = min(self.reconnect_max_delay, 0.25 * 2 ** min(attempt, 10))
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
+
+    async def _wait_consumers_restored(self, connection: Connection) -> None:
+        """Wait (bounded) until every consumer consumes again on ``connection``."""
+        with anyio.move_on_after(self.reconnect_timeout):
+            while any(c is not connection for c in self._consuming_on.values()):
+                self._consumers_changed = anyio.Event()
+                await self._consumers_changed.wait()
+
+    def _consumer_state(self, handle: _ConsumerHandle, connection: Connection | None) -> None:
+        if connection is None:
+            self._consuming_on.pop(handle, None)
+        else:
+            self._consuming_on[handle] = connection
+        self._consumers_changed.set()
 
     def _give_up(self, exc: BaseException) -> None:
         self._failure = exc if isinstance(exc, AMQPError) else ConnectionClosed(0, str(exc))
@@ -738,19 +757,28 @@ class Communicator:
         return self._state == "open" and self._link_up.is_set()
 
     async def _wait_connection(self, timeout: float | None = None) -> Connection:
-        """The current connection, waiting up to ``reconnect_timeout`` for a recovery."""
+        """The current open connection, waiting up to ``reconnect_timeout`` for a recovery.
+
+        Raises:
+            CommunicatorClosed: the communicator closed meanwhile.
+            ConnectionClosed: no connection within the timeout.
+        """
+        limit = self.reconnect_timeout if timeout is None else timeout
+        with anyio.move_on_after(limit):
+            while True:
+                self._check_open()
+                connection = self._connection_
+                if self._link_up.is_set() and connection is not None and connection.is_open:
+                    return connection
+                if self._link_up.is_set():
+                    # lost, and the supervisor has not noticed yet
+                    await anyio.sleep(0.01)
+                else:
+                    await self._link_up.wait()
         self._check_open()
-        if not self._link_up.is_set():
-            limit = self.reconnect_timeout if timeout is None else timeout
-            with anyio.move_on_after(limit):
-                await self._link_up.wait()
-            self._check_open()
-            if not self._link_up.is_set():
-                raise ConnectionClosed(
-                    0, f"not connected to the broker (waited {limit} s for a reconnection)"
-                )
-        assert self._connection_ is not None
-        return self._connection_
+        raise ConnectionClosed(
+            0, f"not connected to the broker (waited {limit} s for a reconnection)"
+        )
 
     def _open_connection(self, attempt: int = 0) -> AbstractAsyncContextManager[Connection]:
         if self._memory is not None:
@@ -884,13 +912,21 @@ class Communicator:
                             if not started:
                                 started = True
                                 task_status.started()
+                            self._consumer_state(handle, connection)
                             failures = 0
+                            ended: AMQPError | None = None
                             async with anyio.create_task_group() as handlers:
-                                async for message in consumer:
-                                    if sequential:
-                                        await on_message(message)
-                                    else:
-                                        handlers.start_soon(on_message, message)
+                                try:
+                                    async for message in consumer:
+                                        if sequential:
+                                            await on_message(message)
+                                        else:
+                                            handlers.start_soon(on_message, message)
+                                except AMQPError as exc:  # raised below, not in a group
+                                    ended = exc
+                                    handlers.cancel_scope.cancel()
+                            if ended is not None:
+                                raise ended
                     except (AMQPError, DeliveryFailed, DuplicateSubscriberIdentifier) as exc:
                         if not started:
                             raise
@@ -906,6 +942,7 @@ class Communicator:
                             with anyio.CancelScope(shield=True):
                                 await channel.aclose()
         finally:
+            self._consumer_state(handle, None)
             handle.done.set()
 
     async def _call(self, subscriber: Subscriber, *args: Any) -> Any:
@@ -956,9 +993,10 @@ class Communicator:
         redeclared = False
         deadline = anyio.current_time() + self.reconnect_timeout
         while True:
-            channel = await self._channel("_publisher", confirms=True)
             connection = self._connection_
             try:
+                channel = await self._channel("_publisher", confirms=True)
+                connection = self._connection_
                 await channel.basic_publish(
                     body,
                     exchange=exchange,
@@ -1079,7 +1117,6 @@ class Communicator:
                     self._reply_queue,
                     self._on_reply,
                     what="reply queue",
-                    no_ack=True,
                     sequential=True,
                 )
             else:
@@ -1121,6 +1158,18 @@ class Communicator:
         return channel
 
     async def _on_reply(self, message: Message) -> None:
+        # Replies are acknowledged (not consumed with no_ack): one delivered into a link that
+        # is dropping goes back to the queue and reaches us after recovery.
+        try:
+            self._resolve_reply(message)
+        finally:
+            if not message.settled and message.channel.is_open:
+                try:
+                    message.ack()
+                except KiwiError:  # the link dropped: the broker redelivers it
+                    pass
+
+    def _resolve_reply(self, message: Message) -> None:
         correlation_id = message.properties.correlation_id or ""
         future = self._pending.pop(correlation_id, None)
         if future is None or future.done():
@@ -1329,7 +1378,7 @@ class Communicator:
                 reply = wire.result_reply(result)
             await self._send_reply(message, reply, self.message_exchange)
             message.ack()
-        except AMQPError as exc:
+        except KiwiError as exc:  # the link dropped, or the communicator closes
             logger.warning("RPC %s not answered: %s", message.delivery_tag, exc)
         finally:
             if not message.settled and message.channel.is_open:
@@ -1465,7 +1514,7 @@ class Communicator:
                 for subscriber in list(self._broadcast_subscribers.values()):
                     tg.start_soon(deliver, subscriber)
             message.ack()
-        except AMQPError as exc:
+        except KiwiError as exc:  # the link dropped, or the communicator closes
             logger.warning("broadcast %s not acknowledged: %s", message.delivery_tag, exc)
         finally:
             if not message.settled and message.channel.is_open:
