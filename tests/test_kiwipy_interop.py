@@ -300,7 +300,7 @@ class Worker:
 async def poll(condition: Callable[[], bool], timeout: float = WAIT) -> None:
     """Wait until ``condition()``; subscribers that run in worker threads cannot set an Event."""
     with anyio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110
+        while not condition():
             await anyio.sleep(0.02)
 
 
