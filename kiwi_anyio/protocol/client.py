@@ -215,6 +215,7 @@ class Consumer:
         self._send, self._receive = anyio.create_memory_object_stream[Message](math.inf)
         self._error: BaseException | None = None
         self._started = False
+        self._cancelled = False
 
     async def start(self) -> Self:
         """Send ``Basic.Consume`` and wait for ``ConsumeOk``. ``async with`` calls it."""
@@ -249,21 +250,27 @@ class Consumer:
 
         Messages that arrived but were not taken from the iterator are rejected with requeue.
         """
+        if self._cancelled:
+            return
+        self._cancelled = True
         ch = self._channel
         tag = self.consumer_tag
-        registered = ch._consumers.pop(tag, None) is not None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_close_wait(ch._connection)):
+            # Not registered: the broker cancelled it, or the channel closed, first.
+            # Until CancelOk, deliveries still come into this consumer's stream: rejected
+            # before the broker saw Basic.Cancel, they would be redelivered here, again and
+            # again (each time a delivery attempt, for x-delivery-limit).
+            if tag in ch._consumers and ch.is_open:
+                try:
+                    await ch._call(commands.Basic.Cancel(consumer_tag=tag))
+                except AMQPError:
+                    pass
+        ch._consumers.pop(tag, None)
         self._send.close()
         if not self.no_ack:
             for message in _drain(self._receive):
                 if not message._settled and ch.is_open:
                     message.reject(requeue=True)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_close_wait(ch._connection)):
-            # not registered: the broker cancelled it, or the channel closed, first
-            if registered and ch.is_open:
-                try:
-                    await ch._call(commands.Basic.Cancel(consumer_tag=tag))
-                except AMQPError:
-                    pass
         self._receive.close()
 
     def _deliver(self, message: Message) -> None:
@@ -317,6 +324,9 @@ class Channel:
         self._waiters: deque[_Slot] = deque()
         self._pending_consumers: deque[Consumer | None] = deque()
         self._consumers: dict[str, Consumer] = {}
+        # no_ack consumers until their CancelOk: a late delivery to one is dropped, as
+        # rejecting an unknown delivery tag would make the broker close the channel (406)
+        self._no_ack_tags: set[str] = set()
         self._confirms: dict[int, _Slot] = {}
         self._returned: dict[int, MessageReturned] = {}
         self._closed: ChannelClosed | None = None
@@ -361,6 +371,8 @@ class Channel:
         slot = self._waiters.popleft()
         consumer = self._pending_consumers.popleft()
         if isinstance(value, commands.Basic.ConsumeOk) and consumer is not None:
+            if consumer.no_ack:
+                self._no_ack_tags.add(value.consumer_tag or "")
             if slot.abandoned:  # nobody will iterate: cancel it again
                 self._core.send_method(
                     self.number, commands.Basic.Cancel(consumer_tag=value.consumer_tag)
@@ -371,6 +383,8 @@ class Channel:
                 self._connection._wake_writer()
             else:
                 self._consumers[value.consumer_tag or ""] = consumer
+        elif isinstance(value, commands.Basic.CancelOk):
+            self._no_ack_tags.discard(value.consumer_tag or "")
         if isinstance(value, ev.UndecodableDelivery):
             slot.fail(UndecodableContent(f"basic_get: undecodable content header: {value.error}"))
         elif not slot.abandoned:
@@ -384,8 +398,9 @@ class Channel:
     def _on_delivery(self, event: ev.Delivery) -> None:
         consumer = self._consumers.get(event.consumer_tag)
         if consumer is None:
-            self._core.reject(self.number, event.delivery_tag, requeue=True)
-            self._connection._wake_writer()
+            if event.consumer_tag not in self._no_ack_tags:
+                self._core.reject(self.number, event.delivery_tag, requeue=True)
+                self._connection._wake_writer()
             return
         consumer._deliver(Message(self, event, consumer.no_ack))
 
@@ -429,6 +444,7 @@ class Channel:
             )
 
     def _on_consumer_cancelled(self, tag: str) -> None:
+        self._no_ack_tags.discard(tag)
         consumer = self._consumers.pop(tag, None)
         if consumer is not None:
             consumer._fail(

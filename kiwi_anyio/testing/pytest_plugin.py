@@ -1,0 +1,50 @@
+"""pytest fixtures for applications that use kiwi_anyio (installed as a pytest plugin).
+
+* ``kiwi_url``: ``KIWI_ANYIO_URL`` from the environment, else a fresh ``memory://`` broker
+  (one per test), so tests run without RabbitMQ and can be pointed at one.
+* ``kiwi_communicator``: an async communicator on ``kiwi_url`` (``@pytest.mark.anyio``
+  tests), with exchanges and queues of its own (``testing_mode``), closed after the test.
+* ``kiwi_blocking_communicator``: the same for synchronous tests (kiwiPy's thread API).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+import kiwi_anyio
+from kiwi_anyio.blocking import BlockingCommunicator
+
+
+def _private_names() -> dict[str, Any]:
+    suffix = uuid.uuid4().hex[:12]
+    return {
+        "message_exchange": f"pytest.messages.{suffix}",
+        "task_exchange": f"pytest.tasks.{suffix}",
+        "task_queue": f"pytest.tasks.{suffix}",
+        "testing_mode": True,
+    }
+
+
+@pytest.fixture
+def kiwi_url() -> str:
+    """The broker for the test: ``KIWI_ANYIO_URL``, else a private ``memory://`` broker."""
+    return os.environ.get("KIWI_ANYIO_URL") or f"memory://pytest-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def kiwi_communicator(kiwi_url: str) -> AsyncIterator[kiwi_anyio.Communicator]:
+    """A connected :class:`~kiwi_anyio.Communicator` with names private to the test."""
+    async with kiwi_anyio.connect(kiwi_url, **_private_names()) as communicator:
+        yield communicator
+
+
+@pytest.fixture
+def kiwi_blocking_communicator(kiwi_url: str) -> Iterator[BlockingCommunicator]:
+    """A connected blocking communicator (kiwiPy's thread API) private to the test."""
+    with kiwi_anyio.connect(kiwi_url, **_private_names()) as communicator:
+        yield communicator
