@@ -40,9 +40,16 @@ def rpc_routing_key(identifier: str) -> str:
     return RPC_PREFIX + identifier
 
 
+_HOST: dict[str, Any] | None = None
+
+
 def host_info() -> dict[str, Any]:
-    """kiwiPy's ``host`` entry of task replies."""
-    return {"hostname": socket.gethostname(), "pid": os.getpid()}
+    """kiwiPy's ``host`` entry of task replies (looked up once per process)."""
+    global _HOST
+    pid = os.getpid()
+    if _HOST is None or _HOST["pid"] != pid:  # a forked child has another pid
+        _HOST = {"hostname": socket.gethostname(), "pid": pid}
+    return dict(_HOST)
 
 
 def result_reply(value: Any, *, with_host: bool = False) -> dict[str, Any]:

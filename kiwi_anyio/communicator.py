@@ -645,6 +645,7 @@ class Communicator:
             self._state = "closed"
             self._link_up.set()  # wake anyone waiting for a link: they see "closed"
             self._fail_pending()
+            self._notify("closed", self._failure)
         failure = self._failure
         if failure is not None and (
             user_exc is None or isinstance(user_exc, AMQPError | anyio.get_cancelled_exc_class())
@@ -742,7 +743,8 @@ class Communicator:
         self, listener: Callable[[str, BaseException | None], object]
     ) -> None:
         """Call ``listener(event, error)`` on ``"connected"``, ``"disconnected"`` (with the
-        error) and ``"recovered"``."""
+        error), ``"recovered"`` and ``"closed"`` (kiwiPy's close callback; the error is the
+        connection failure that ended the communicator, if any)."""
         self._listeners.append(listener)
 
     def remove_connection_listener(
@@ -1036,7 +1038,8 @@ class Communicator:
         no_reply: bool,
         what: str,
     ) -> Future[Any] | None:
-        correlation_id = str(uuid.uuid4())
+        request_id = uuid.uuid4()
+        correlation_id = str(request_id)  # kiwiPy's form, with dashes
         future: Future[Any] | None = None
         if not no_reply:
             await self._ensure_reply_queue(exchange)
@@ -1046,7 +1049,7 @@ class Communicator:
             delivery_mode=2 if persistent else 1,
             correlation_id=correlation_id,
             reply_to=self._reply_queue,
-            message_id=uuid.uuid4().hex,
+            message_id=request_id.hex,
         )
         try:
             await self._publish(

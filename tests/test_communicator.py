@@ -128,6 +128,34 @@ async def test_user_exception_propagates_unwrapped(url: str, comm_options: dict[
             raise KeyError("mine")
 
 
+async def test_connection_listener_sees_connect_and_close(
+    url: str, comm_options: dict[str, Any]
+) -> None:
+    events: list[tuple[str, Any]] = []
+    with anyio.fail_after(TIMEOUT):
+        communicator = kiwi_anyio.connect(url, **comm_options)
+        communicator.add_connection_listener(lambda event, error: events.append((event, error)))
+        async with communicator:
+            assert communicator.is_connected
+        assert events == [("connected", None), ("closed", None)]
+
+
+async def test_rpc_sent_just_before_close_reaches_the_local_subscriber(
+    url: str, comm_options: dict[str, Any]
+) -> None:
+    inbox = Inbox()
+
+    async def rpc(_comm: Any, msg: Any) -> None:
+        inbox.put(msg)
+
+    with anyio.fail_after(TIMEOUT):
+        async with kiwi_anyio.connect(url, **comm_options) as communicator:
+            await communicator.add_rpc_subscriber(rpc, "last")
+            await communicator.rpc_send("last", "goodbye")
+            await inbox.wait_for(1)
+    assert inbox.items == ["goodbye"]
+
+
 async def test_server_properties(comm: kiwi_anyio.Communicator, url: str) -> None:
     props = comm.server_properties
     if url.startswith("memory://"):
