@@ -69,6 +69,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_URL: Final = "amqp://guest:guest@127.0.0.1/"
 DEFAULT_TASK_PREFETCH: Final = 1
 REQUEUE_DELAY: Final = 1.0  # seconds before a task every subscriber rejected is requeued
+SETTLE_TIMEOUT: Final = 5.0  # seconds a finished request may take to be answered and acked
 NEXT_TASK_POLL: Final = 0.05
 
 Subscriber = Callable[..., Any]
@@ -103,6 +104,12 @@ class _ConsumerHandle:
     def __init__(self) -> None:
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
+        self.done_callbacks: list[Callable[[], object]] = []
+
+    def finished(self) -> None:
+        self.done.set()
+        for callback in self.done_callbacks:
+            callback()
 
     async def stop(self) -> None:
         self.scope.cancel()
@@ -377,9 +384,7 @@ class TaskQueue:
                     reply = wire.exception_reply(exc, with_host=True)
                 else:
                     reply = wire.result_reply(result, with_host=True)
-                if not no_reply:
-                    await comm._send_reply(message, reply, self.exchange)
-                message.ack()
+                await comm._settle(message, None if no_reply else reply, self.exchange)
                 return
             # nobody took it: give it back, after a pause so it does not spin
             await anyio.sleep(REQUEUE_DELAY)
@@ -571,6 +576,7 @@ class Communicator:
         self._listeners: list[Callable[[str, BaseException | None], object]] = []
         # the connection each running consumer consumes on (recovery waits for all of them)
         self._consuming_on: dict[_ConsumerHandle, Connection | None] = {}
+        self._consumer_handles: set[_ConsumerHandle] = set()
         self._consumers_changed = anyio.Event()
         self._pending: dict[str, Future[Any]] = {}
         self._rpc_subscribers: dict[str, tuple[str, _ConsumerHandle]] = {}
@@ -639,6 +645,8 @@ class Communicator:
                     user_exc = exc
                 finally:
                     self._state = "closing"
+                    with anyio.CancelScope(shield=True):
+                        await self._stop_consumers()
                     self._fail_pending()
                     tg.cancel_scope.cancel()
         finally:
@@ -715,6 +723,16 @@ class Communicator:
             self._consuming_on[handle] = connection
         self._consumers_changed.set()
 
+    async def _stop_consumers(self) -> None:
+        """Stop every consumer while the connection still works: handlers in progress are
+        cancelled (their messages requeued), finished ones settle; then the link closes."""
+        handles = list(self._consumer_handles)
+        for handle in handles:
+            handle.scope.cancel()
+        with anyio.move_on_after(SETTLE_TIMEOUT + 1):
+            for handle in handles:
+                await handle.done.wait()
+
     def _give_up(self, exc: BaseException) -> None:
         self._failure = exc if isinstance(exc, AMQPError) else ConnectionClosed(0, str(exc))
         self._notify("disconnected", exc)
@@ -758,7 +776,9 @@ class Communicator:
         """True while the link to the broker is up (False while recovering)."""
         return self._state == "open" and self._link_up.is_set()
 
-    async def _wait_connection(self, timeout: float | None = None) -> Connection:
+    async def _wait_connection(
+        self, timeout: float | None = None, *, allow_closing: bool = False
+    ) -> Connection:
         """The current open connection, waiting up to ``reconnect_timeout`` for a recovery.
 
         Raises:
@@ -768,7 +788,7 @@ class Communicator:
         limit = self.reconnect_timeout if timeout is None else timeout
         with anyio.move_on_after(limit):
             while True:
-                self._check_open()
+                self._check_open(allow_closing)
                 connection = self._connection_
                 if self._link_up.is_set() and connection is not None and connection.is_open:
                     return connection
@@ -806,8 +826,8 @@ class Communicator:
         """True once the communicator has closed (or is closing)."""
         return self._state in ("closing", "closed")
 
-    def _check_open(self) -> None:
-        if self._state != "open":
+    def _check_open(self, allow_closing: bool = False) -> None:
+        if self._state != "open" and not (allow_closing and self._state == "closing"):
             raise CommunicatorClosed(f"the communicator is {self._state}")
 
     @property
@@ -823,14 +843,16 @@ class Communicator:
 
     # ------------------------------------------------------------ channels and topology
 
-    async def _channel(self, attr: str, confirms: bool = False) -> Channel:
+    async def _channel(
+        self, attr: str, confirms: bool = False, allow_closing: bool = False
+    ) -> Channel:
         channel: Channel | None = getattr(self, attr)
         if channel is not None and channel.is_open:
             return channel
         async with self._channel_lock:
             channel = getattr(self, attr)
             if channel is None or not channel.is_open:
-                connection = await self._wait_connection()
+                connection = await self._wait_connection(allow_closing=allow_closing)
                 channel = await connection.channel(publisher_confirms=confirms)
                 setattr(self, attr, channel)
             assert channel is not None
@@ -870,6 +892,8 @@ class Communicator:
     ) -> _ConsumerHandle:
         handle = _ConsumerHandle()
         assert self._tg is not None
+        self._consumer_handles.add(handle)
+        handle.done_callbacks.append(lambda: self._consumer_handles.discard(handle))
         await self._tg.start(
             self._run_consumer,
             handle,
@@ -945,7 +969,7 @@ class Communicator:
                                 await channel.aclose()
         finally:
             self._consumer_state(handle, None)
-            handle.done.set()
+            handle.finished()
 
     async def _call(self, subscriber: Subscriber, *args: Any) -> Any:
         """Call a subscriber: ``async def`` in the loop, plain functions in a worker thread."""
@@ -991,13 +1015,14 @@ class Communicator:
         properties: Properties,
         mandatory: bool,
         what: str,
+        allow_closing: bool = False,
     ) -> None:
         redeclared = False
         deadline = anyio.current_time() + self.reconnect_timeout
         while True:
             connection = self._connection_
             try:
-                channel = await self._channel("_publisher", confirms=True)
+                channel = await self._channel("_publisher", True, allow_closing)
                 connection = self._connection_
                 await channel.basic_publish(
                     body,
@@ -1010,7 +1035,7 @@ class Communicator:
             except MessageReturned:
                 raise
             except (ChannelClosed, ConnectionClosed) as exc:
-                if self._state != "open":
+                if self._state not in ("open", "closing" if allow_closing else "open"):
                     raise CommunicatorClosed(
                         f"the communicator closed while sending {what}"
                     ) from exc
@@ -1067,6 +1092,16 @@ class Communicator:
             raise
         return future
 
+    async def _settle(self, message: Message, reply: dict[str, Any] | None, exchange: str) -> None:
+        """Send the final reply, then acknowledge: shielded, so a request whose handling
+        finished is answered and acked even when the communicator is closing (a request
+        cancelled mid-handling is requeued instead; nothing is done twice)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
+            if reply is not None:
+                await self._send_reply(message, reply, exchange)
+            if message.channel.is_open:
+                message.ack()
+
     async def _send_reply(self, request: Message, reply: dict[str, Any], exchange: str) -> None:
         reply_to = request.properties.reply_to
         if not reply_to:
@@ -1086,6 +1121,7 @@ class Communicator:
             ),
             mandatory=False,
             what=f"reply to {reply_to!r}",
+            allow_closing=True,
         )
 
     # ------------------------------------------------------------ replies
@@ -1379,8 +1415,7 @@ class Communicator:
                 reply = wire.exception_reply(exc)
             else:
                 reply = wire.result_reply(result)
-            await self._send_reply(message, reply, self.message_exchange)
-            message.ack()
+            await self._settle(message, reply, self.message_exchange)
         except KiwiError as exc:  # the link dropped, or the communicator closes
             logger.warning("RPC %s not answered: %s", message.delivery_tag, exc)
         finally:
