@@ -11,6 +11,7 @@ import pytest
 
 import kiwi_anyio
 from kiwi_anyio import CommunicatorClosed, RemoteException, UnroutableError
+from kiwi_anyio.testing.pytest_plugin import private_names
 
 pytestmark = pytest.mark.broker
 
@@ -18,13 +19,7 @@ TIMEOUT = 20
 
 
 def options() -> dict[str, Any]:
-    suffix = uuid.uuid4().hex[:10]
-    return {
-        "message_exchange": f"test.messages.{suffix}",
-        "task_exchange": f"test.tasks.{suffix}",
-        "task_queue": f"test.tasks.{suffix}",
-        "testing_mode": True,
-    }
+    return private_names("test")
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

@@ -30,6 +30,7 @@ from kiwi_anyio import (
 )
 from kiwi_anyio.protocol import Properties
 from kiwi_anyio.protocol import connect as amqp_connect
+from kiwi_anyio.testing.pytest_plugin import private_names
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker]
 
@@ -37,13 +38,7 @@ TIMEOUT = 20
 
 
 def names() -> dict[str, Any]:
-    suffix = uuid.uuid4().hex[:10]
-    return {
-        "message_exchange": f"test.messages.{suffix}",
-        "task_exchange": f"test.tasks.{suffix}",
-        "task_queue": f"test.tasks.{suffix}",
-        "testing_mode": True,
-    }
+    return private_names("test")
 
 
 @pytest.fixture

@@ -20,12 +20,14 @@ import kiwi_anyio
 from kiwi_anyio.blocking import BlockingCommunicator
 
 
-def _private_names() -> dict[str, Any]:
+def private_names(prefix: str = "pytest") -> dict[str, Any]:
+    """Communicator options with exchange and queue names no other test uses
+    (``testing_mode``: they are cleaned up by the broker)."""
     suffix = uuid.uuid4().hex[:12]
     return {
-        "message_exchange": f"pytest.messages.{suffix}",
-        "task_exchange": f"pytest.tasks.{suffix}",
-        "task_queue": f"pytest.tasks.{suffix}",
+        "message_exchange": f"{prefix}.messages.{suffix}",
+        "task_exchange": f"{prefix}.tasks.{suffix}",
+        "task_queue": f"{prefix}.tasks.{suffix}",
         "testing_mode": True,
     }
 
@@ -39,12 +41,12 @@ def kiwi_url() -> str:
 @pytest.fixture
 async def kiwi_communicator(kiwi_url: str) -> AsyncIterator[kiwi_anyio.Communicator]:
     """A connected :class:`~kiwi_anyio.Communicator` with names private to the test."""
-    async with kiwi_anyio.connect(kiwi_url, **_private_names()) as communicator:
+    async with kiwi_anyio.connect(kiwi_url, **private_names()) as communicator:
         yield communicator
 
 
 @pytest.fixture
 def kiwi_blocking_communicator(kiwi_url: str) -> Iterator[BlockingCommunicator]:
     """A connected blocking communicator (kiwiPy's thread API) private to the test."""
-    with kiwi_anyio.connect(kiwi_url, **_private_names()) as communicator:
+    with kiwi_anyio.connect(kiwi_url, **private_names()) as communicator:
         yield communicator
