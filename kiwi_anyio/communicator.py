@@ -105,6 +105,8 @@ class _ConsumerHandle:
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.done_callbacks: list[Callable[[], object]] = []
+        self.draining = False
+        self.receiving: anyio.CancelScope | None = None
 
     def finished(self) -> None:
         self.done.set()
@@ -496,6 +498,9 @@ class Communicator:
             explicit close never triggers it.
         reconnect_timeout: how long a send waits for a recovery before it fails.
         reconnect_max_delay: the longest pause between reconnection attempts (seconds).
+        drain_timeout: on leaving ``async with``, stop taking new messages and let the
+            subscriber calls in progress finish for up to this many seconds before they are
+            cancelled (and their tasks requeued). Default 0: cancel at once.
         blocking_backend: the event loop (``"asyncio"`` or ``"trio"``) that runs in the
             background thread when the communicator is used with a plain ``with``.
         ssl_context: TLS context for ``amqps://``.
@@ -522,6 +527,7 @@ class Communicator:
         reconnect: bool = True,
         reconnect_timeout: float = 60.0,
         reconnect_max_delay: float = 30.0,
+        drain_timeout: float = 0.0,
         ssl_context: Any = None,
         **connection_options: Any,
     ) -> None:
@@ -570,6 +576,7 @@ class Communicator:
         self.reconnect = reconnect
         self.reconnect_timeout = reconnect_timeout
         self.reconnect_max_delay = reconnect_max_delay
+        self.drain_timeout = drain_timeout
         self._link_up = anyio.Event()
         self._generation = 0
         self._failure: BaseException | None = None
@@ -724,9 +731,19 @@ class Communicator:
         self._consumers_changed.set()
 
     async def _stop_consumers(self) -> None:
-        """Stop every consumer while the connection still works: handlers in progress are
-        cancelled (their messages requeued), finished ones settle; then the link closes."""
+        """Stop every consumer while the connection still works: with ``drain_timeout``,
+        stop receiving and let handlers in progress finish for that long; then cancel what
+        is left (those messages are requeued; finished ones are answered and acked)."""
         handles = list(self._consumer_handles)
+        if self.drain_timeout > 0:
+            draining = [h for h in handles if h is not self._reply_consumer]
+            for handle in draining:
+                handle.draining = True
+                if handle.receiving is not None:
+                    handle.receiving.cancel()
+            with anyio.move_on_after(self.drain_timeout):
+                for handle in draining:
+                    await handle.done.wait()
         for handle in handles:
             handle.scope.cancel()
         with anyio.move_on_after(SETTLE_TIMEOUT + 1):
@@ -942,17 +959,23 @@ class Communicator:
                             failures = 0
                             ended: AMQPError | None = None
                             async with anyio.create_task_group() as handlers:
-                                try:
-                                    async for message in consumer:
-                                        if sequential:
-                                            await on_message(message)
-                                        else:
-                                            handlers.start_soon(on_message, message)
-                                except AMQPError as exc:  # raised below, not in a group
-                                    ended = exc
-                                    handlers.cancel_scope.cancel()
+                                # cancelling this scope stops receiving; handlers go on
+                                with anyio.CancelScope() as handle.receiving:
+                                    if handle.draining:
+                                        handle.receiving.cancel()
+                                    try:
+                                        async for message in consumer:
+                                            if sequential:
+                                                await on_message(message)
+                                            else:
+                                                handlers.start_soon(on_message, message)
+                                    except AMQPError as exc:  # raised below, not in a group
+                                        ended = exc
+                                        handlers.cancel_scope.cancel()
                             if ended is not None:
                                 raise ended
+                            if handle.draining:
+                                return  # drained: every handler finished
                     except (AMQPError, DeliveryFailed, DuplicateSubscriberIdentifier) as exc:
                         if not started:
                             raise

@@ -491,6 +491,31 @@ async def test_unfinished_task_is_requeued_on_close(url: str, comm_options: dict
                 assert inbox.items == ["survivor"]
 
 
+async def test_drain_timeout_lets_running_tasks_finish(
+    url: str, comm_options: dict[str, Any]
+) -> None:
+    started = Inbox()
+
+    async def worker(_comm: Any, task: int) -> int:
+        started.put(task)
+        await anyio.sleep(0.5)
+        return task * 10
+
+    with anyio.fail_after(TIMEOUT):
+        async with kiwi_anyio.connect(url, **comm_options) as sender:
+            async with kiwi_anyio.connect(
+                url, task_prefetch_count=5, drain_timeout=10, **comm_options
+            ) as draining:
+                await draining.add_task_subscriber(worker)
+                futures = [await sender.task_send(i) for i in range(5)]
+                await started.wait_for(5)
+                start = anyio.current_time()
+            # leaving the block waited for the five running tasks, not for the full timeout
+            assert anyio.current_time() - start < 5
+            assert [await f for f in futures if f is not None] == [0, 10, 20, 30, 40]
+    assert sorted(started.items) == [0, 1, 2, 3, 4]  # each ran once
+
+
 async def test_prefetch_limits_concurrent_tasks(url: str, comm_options: dict[str, Any]) -> None:
     running = 0
     peak = 0
