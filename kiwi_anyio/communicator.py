@@ -1134,18 +1134,31 @@ class Communicator:
             body = self._codec.encode(reply)
         except (TypeError, ValueError) as exc:
             body = self._codec.encode(wire.exception_reply(exc))
-        await self._publish(
-            body,
-            exchange=exchange,
-            routing_key=reply_to,
-            properties=Properties(
-                content_type=self._codec.content_type,
-                correlation_id=request.properties.correlation_id,
-            ),
-            mandatory=False,
-            what=f"reply to {reply_to!r}",
-            allow_closing=True,
+        properties = Properties(
+            content_type=self._codec.content_type,
+            correlation_id=request.properties.correlation_id,
         )
+        what = f"reply to {reply_to!r}"
+        try:
+            await self._publish(
+                body,
+                exchange=exchange,
+                routing_key=reply_to,
+                properties=properties,
+                mandatory=False,
+                what=what,
+                allow_closing=True,
+            )
+        except ProtocolError as exc:  # refused before sending (e.g. over max_message_size)
+            await self._publish(
+                self._codec.encode(wire.exception_reply(exc)),
+                exchange=exchange,
+                routing_key=reply_to,
+                properties=properties,
+                mandatory=False,
+                what=what,
+                allow_closing=True,
+            )
 
     # ------------------------------------------------------------ replies
 

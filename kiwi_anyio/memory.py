@@ -99,6 +99,7 @@ from pamqp import commands
 
 from . import __version__
 from .exceptions import ChannelClosed, ConnectionClosed, ConsumerCancelled, MessageReturned
+from .protocol import _methods as methods
 
 __all__ = [
     "MemoryChannel",
@@ -1095,7 +1096,7 @@ class MemoryChannel:
             ChannelClosed: 406 it exists with another type, ``durable``, ``auto_delete`` or
                 ``internal``; 404 ``passive`` and it does not exist; 403 a reserved name.
         """
-        commands.Exchange.Declare(exchange=exchange, exchange_type=exchange_type)
+        methods.Exchange.Declare(exchange=exchange, exchange_type=exchange_type)
         await anyio.lowlevel.checkpoint()
         self._run(
             lambda: self._broker.exchange_declare(
@@ -1111,7 +1112,7 @@ class MemoryChannel:
 
     async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
         """Delete an exchange (a missing one is fine) and its bindings."""
-        commands.Exchange.Delete(exchange=exchange)
+        methods.Exchange.Delete(exchange=exchange)
         await anyio.lowlevel.checkpoint()
         self._run(lambda: self._broker.exchange_delete(exchange, if_unused=if_unused))
 
@@ -1123,7 +1124,7 @@ class MemoryChannel:
         arguments: FieldTable | None = None,
     ) -> None:
         """Bind exchange ``destination`` to exchange ``source`` (a RabbitMQ extension)."""
-        commands.Exchange.Bind(destination=destination, source=source, routing_key=routing_key)
+        methods.Exchange.Bind(destination=destination, source=source, routing_key=routing_key)
         await anyio.lowlevel.checkpoint()
         self._run(
             lambda: self._broker.bind(
@@ -1139,7 +1140,7 @@ class MemoryChannel:
         arguments: FieldTable | None = None,
     ) -> None:
         """Remove an exchange-to-exchange binding."""
-        commands.Exchange.Unbind(destination=destination, source=source, routing_key=routing_key)
+        methods.Exchange.Unbind(destination=destination, source=source, routing_key=routing_key)
         await anyio.lowlevel.checkpoint()
         self._run(
             lambda: self._broker.bind(
@@ -1170,7 +1171,7 @@ class MemoryChannel:
                 406 it exists with other ``durable``, ``auto_delete`` or arguments; 404
                 ``passive`` and it does not exist; 403 a reserved ``amq.`` name.
         """
-        commands.Queue.Declare(queue=queue)
+        methods.Queue.Declare(queue=queue)
         await anyio.lowlevel.checkpoint()
 
         def declare() -> _Queue:
@@ -1186,7 +1187,7 @@ class MemoryChannel:
 
         declared = self._run(declare)
         self._last_queue = declared.name
-        return commands.Queue.DeclareOk(
+        return methods.Queue.DeclareOk(
             queue=declared.name,
             message_count=len(declared.ready),
             consumer_count=len(declared.consumers),
@@ -1200,7 +1201,7 @@ class MemoryChannel:
         arguments: FieldTable | None = None,
     ) -> None:
         """Bind a queue to an exchange (404 if either is missing)."""
-        commands.Queue.Bind(queue=queue, exchange=exchange, routing_key=routing_key)
+        methods.Queue.Bind(queue=queue, exchange=exchange, routing_key=routing_key)
         await anyio.lowlevel.checkpoint()
 
         def bind() -> None:
@@ -1218,7 +1219,7 @@ class MemoryChannel:
         arguments: FieldTable | None = None,
     ) -> None:
         """Remove a queue binding (404 if the queue or exchange is missing)."""
-        commands.Queue.Unbind(queue=queue, exchange=exchange, routing_key=routing_key)
+        methods.Queue.Unbind(queue=queue, exchange=exchange, routing_key=routing_key)
         await anyio.lowlevel.checkpoint()
 
         def unbind() -> None:
@@ -1229,7 +1230,7 @@ class MemoryChannel:
 
     async def queue_purge(self, queue: str) -> int:
         """Remove every ready message from a queue; returns how many."""
-        commands.Queue.Purge(queue=queue)
+        methods.Queue.Purge(queue=queue)
         await anyio.lowlevel.checkpoint()
 
         def purge() -> int:
@@ -1247,7 +1248,7 @@ class MemoryChannel:
 
         Its consumers are cancelled (:class:`~kiwi_anyio.ConsumerCancelled`).
         """
-        commands.Queue.Delete(queue=queue)
+        methods.Queue.Delete(queue=queue)
         await anyio.lowlevel.checkpoint()
         return self._run(
             lambda: self._broker.queue_delete(
@@ -1297,7 +1298,7 @@ class MemoryChannel:
         The consumer is an async iterator of :class:`MemoryMessage`; ``consumer_tag`` is
         generated (``amq.ctag-…``) when empty. ``arguments`` are ignored.
         """
-        commands.Basic.Consume(queue=queue, consumer_tag=consumer_tag)
+        methods.Basic.Consume(queue=queue, consumer_tag=consumer_tag)
         self._check()
         return MemoryConsumer(
             self, queue, no_ack=no_ack, exclusive=exclusive, consumer_tag=consumer_tag
@@ -1305,7 +1306,7 @@ class MemoryChannel:
 
     async def basic_get(self, queue: str, *, no_ack: bool = False) -> MemoryMessage | None:
         """Fetch one message, or None if the queue is empty (prefetch does not apply)."""
-        commands.Basic.Get(queue=queue)
+        methods.Basic.Get(queue=queue)
         await anyio.lowlevel.checkpoint()
 
         def get() -> MemoryMessage | None:
@@ -1368,7 +1369,7 @@ class MemoryChannel:
             ChannelClosed: 404 no such exchange (on a confirm channel; otherwise the channel
                 is closed and the next operation raises), 403 an internal exchange.
         """
-        commands.Basic.Publish(exchange=exchange, routing_key=routing_key)
+        methods.Basic.Publish(exchange=exchange, routing_key=routing_key)
         if not isinstance(body, bytes | bytearray | memoryview):
             raise TypeError(f"the body must be bytes, not {type(body).__name__}")
         await anyio.lowlevel.checkpoint()

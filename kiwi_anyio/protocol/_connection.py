@@ -6,6 +6,11 @@ Rule: this module does no I/O, reads no clock, starts no task and does not log. 
 
 The connection answers the broker by itself where AMQP requires it (``TuneOk``,
 ``CloseOk``, ``FlowOk``); those answers are queued in the outgoing buffer like everything else.
+
+A broker is not trusted with memory: a frame is at most ``frame_max`` bytes, a message body at
+most ``max_message_size`` (a larger one is rejected and its body frames skipped, never
+buffered), and a consumer with a prefetch limit may not be handed more unacknowledged
+deliveries than the limit allows (a broker that does so is a protocol error).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pamqp import commands, encode, header
 from pamqp.base import Frame
 
 from ..exceptions import ConnectionFailed, ProtocolError
+from . import _methods
 from . import events as ev
 from ._framing import (
     CHANNEL_ERROR,
@@ -38,9 +44,15 @@ from ._framing import (
     marshal_method,
 )
 
-__all__ = ["AMQPConnection", "ChannelState", "ConnectionState"]
+__all__ = ["MAX_MESSAGE_SIZE", "AMQPConnection", "ChannelState", "ConnectionState"]
 
 Properties = commands.Basic.Properties
+
+MAX_MESSAGE_SIZE: Final = 128 * 1024 * 1024
+"""The default largest message body sent or accepted: 128 MiB, RabbitMQ's default limit."""
+
+PRECONDITION_FAILED: Final = 406  # what RabbitMQ answers a message over its size limit
+_SHORT_ASCII: Final = 63  # a str this short encodes to at most 252 bytes of UTF-8
 
 CLIENT_CAPABILITIES: Final[dict[str, Any]] = {
     "authentication_failure_close": True,
@@ -93,13 +105,22 @@ class _Channel:
         "confirm",
         "consumers",
         "content",
+        "counts",
         "expected",
+        "global_prefetch",
         "id",
+        "limited",
+        "limits",
         "mandatory",
         "next_tag",
         "peer_closed",
         "pending_consumes",
+        "pending_qos",
+        "prefetch",
         "state",
+        "tag_order",
+        "total",
+        "unacked",
     )
 
     def __init__(self, channel_id: int) -> None:
@@ -111,7 +132,20 @@ class _Channel:
         self.next_tag = 1
         self.content: _Content | None = None
         self.consumers: dict[str, bool] = {}  # consumer tag -> no_ack
-        self.pending_consumes: deque[bool] = deque()  # no_ack of Basic.Consume awaiting ConsumeOk
+        # (no_ack, prefetch limit) of each Basic.Consume awaiting its ConsumeOk
+        self.pending_consumes: deque[tuple[bool, int]] = deque()
+        # Prefetch accounting, only once a limit is in force ("limited"): the unacknowledged
+        # deliveries counted (delivery tag -> consumer tag, and the tags in arrival order),
+        # how many per consumer and on the channel, and the limits the broker must honour.
+        self.limited = False
+        self.prefetch = 0  # per-consumer prefetch_count of the last Basic.Qos sent
+        self.global_prefetch = 0  # channel-wide limit in force (after its QosOk)
+        self.pending_qos: deque[tuple[int, bool]] = deque()  # Basic.Qos awaiting QosOk
+        self.limits: dict[str, int] = {}  # consumer tag -> its prefetch limit (0: none)
+        self.counts: dict[str, int] = {}  # consumer tag -> unacknowledged deliveries counted
+        self.unacked: dict[int, str] = {}
+        self.tag_order: deque[int] = deque()
+        self.total = 0
         # mandatory publishes awaiting their confirm: tag -> (exchange, routing key, message id)
         self.mandatory: dict[int, tuple[str, str, str | None]] = {}
         self.peer_closed = False  # the broker's Channel.Close crossed ours
@@ -157,6 +191,10 @@ class AMQPConnection:
         connection_name: shown in the broker's management UI.
         product: the ``product`` client property.
         version: the ``version`` client property.
+        max_message_size: the largest message body sent or accepted, in bytes. :meth:`publish`
+            refuses a larger body; a larger delivery is rejected without requeue, its body
+            frames are skipped without being buffered, and it is reported as
+            :class:`~.events.UndecodableDelivery`.
     """
 
     def __init__(
@@ -172,7 +210,12 @@ class AMQPConnection:
         connection_name: str | None = None,
         product: str = "kiwi_anyio",
         version: str = "0",
+        max_message_size: int = MAX_MESSAGE_SIZE,
     ) -> None:
+        if max_message_size < 1:
+            raise ValueError(f"max_message_size must be at least 1, got {max_message_size}")
+        self.max_message_size = max_message_size
+        _methods.check_shortstr("Connection.Open", "virtual_host", virtual_host)
         self._username = username
         self._password = password
         self._virtual_host = virtual_host
@@ -319,16 +362,26 @@ class AMQPConnection:
         :class:`~.events.GetOk` for ``Basic.Get``), in the order the methods were sent.
         """
         ch = self._channel(channel)
-        if method.synchronous and not getattr(method, "nowait", False):
+        data = marshal_method(channel, method)  # raises (nothing is recorded) if it cannot
+        nowait = getattr(method, "nowait", False)
+        if method.synchronous and not nowait:
             ch.expected.append(tuple(method.valid_responses))
             if isinstance(method, commands.Basic.Consume):
-                ch.pending_consumes.append(method.no_ack)
+                ch.pending_consumes.append((bool(method.no_ack), ch.prefetch))
+            elif isinstance(method, commands.Basic.Qos):
+                count = method.prefetch_count or 0
+                ch.pending_qos.append((count, bool(method.global_)))
+                if not method.global_:
+                    ch.prefetch = count  # what the broker gives consumers started after it
         if isinstance(method, commands.Confirm.Select):
             ch.confirm = True
-        elif isinstance(method, commands.Basic.Cancel) and method.consumer_tag is not None:
-            # deliveries may still arrive before CancelOk; they stay valid to ack
-            pass
-        self._send(marshal_method(channel, method))
+        elif isinstance(method, commands.Basic.Consume) and nowait:
+            # no ConsumeOk will come: the consumer exists from now on, under its given tag
+            self._add_consumer(ch, method.consumer_tag or "", bool(method.no_ack), ch.prefetch)
+        elif isinstance(method, commands.Basic.Recover | commands.Basic.RecoverAsync):
+            self._forget_unacked(ch)  # every unacknowledged delivery goes back to its queue
+        # Basic.Cancel: deliveries may still arrive before CancelOk; they stay valid to ack
+        self._send(data)
 
     def publish(
         self,
@@ -345,16 +398,37 @@ class AMQPConnection:
         Returns:
             The publish sequence number on a confirm channel (its
             :class:`~.events.PublishConfirmed` will name it), else None.
+
+        Raises:
+            ProtocolError: the body is larger than ``max_message_size`` (reply code 406, as
+                RabbitMQ would refuse it), or the properties do not fit in one frame.
+            ValueError: the exchange or routing key is longer than 255 bytes in UTF-8.
+
+        Nothing is queued and no sequence number is used when it raises.
         """
         ch = self._channel(channel)
+        size = len(body)
+        if size > self.max_message_size:
+            raise ProtocolError(
+                f"cannot publish a message of {size} bytes to exchange {exchange!r} with "
+                f"routing key {routing_key!r}: it exceeds max_message_size "
+                f"({self.max_message_size} bytes)",
+                PRECONDITION_FAILED,
+            )
+        if len(routing_key) > _SHORT_ASCII:
+            _methods.check_shortstr("Basic.Publish", "routing_key", routing_key)
+        try:
+            method: commands.Basic.Publish = commands.Basic.Publish(
+                exchange=exchange, routing_key=routing_key, mandatory=mandatory
+            )
+        except ValueError:
+            # pamqp refuses names RabbitMQ takes (non-ASCII, or over 127 characters); this
+            # one checks only what AMQP needs, and raises a clear error if even that fails
+            method = _methods.Basic.Publish(
+                exchange=exchange, routing_key=routing_key, mandatory=mandatory
+            )
         props = properties if properties is not None else Properties()
-        data = marshal_message(
-            channel,
-            commands.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
-            props,
-            body,
-            self.frame_max,
-        )
+        data = marshal_message(channel, method, props, body, self.frame_max)
         self._send(data)
         if not ch.confirm:
             return None
@@ -371,6 +445,9 @@ class AMQPConnection:
                 channel, commands.Basic.Ack(delivery_tag=delivery_tag, multiple=multiple)
             )
         )
+        ch = self._channels.get(channel)
+        if ch is not None and ch.unacked:
+            self._settled(ch, delivery_tag, multiple)
 
     def nack(
         self, channel: int, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
@@ -382,6 +459,9 @@ class AMQPConnection:
                 commands.Basic.Nack(delivery_tag=delivery_tag, multiple=multiple, requeue=requeue),
             )
         )
+        ch = self._channels.get(channel)
+        if ch is not None and ch.unacked:
+            self._settled(ch, delivery_tag, multiple)
 
     def reject(self, channel: int, delivery_tag: int, *, requeue: bool = True) -> None:
         """Queue ``Basic.Reject`` for a delivery."""
@@ -390,6 +470,101 @@ class AMQPConnection:
                 channel, commands.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue)
             )
         )
+        ch = self._channels.get(channel)
+        if ch is not None and ch.unacked:
+            self._settled(ch, delivery_tag, False)
+
+    # ------------------------------------------------------------------ prefetch accounting
+
+    def _add_consumer(self, ch: _Channel, tag: str, no_ack: bool, limit: int) -> None:
+        ch.consumers[tag] = no_ack
+        if limit and not no_ack:
+            ch.limits[tag] = limit
+            ch.limited = True
+
+    def _count_delivery(self, ch: _Channel, method: commands.Basic.Deliver) -> None:
+        """Count an unacknowledged delivery against the prefetch limits in force.
+
+        Exact for RabbitMQ, lenient elsewhere: a consumer's limit is the ``prefetch_count``
+        it was started under (raised, never lowered, by a later ``Basic.Qos``); the channel's
+        is that of the last global ``Basic.Qos`` the broker confirmed. We count a delivery
+        as settled when our ack is queued, before the broker sees it, so an honest broker's
+        count is never below ours.
+        """
+        consumer_tag = method.consumer_tag or ""
+        if ch.consumers.get(consumer_tag, True):  # no_ack, or not ours: nothing to settle
+            return
+        count = ch.counts.get(consumer_tag, 0) + 1
+        limit = ch.limits.get(consumer_tag, 0)
+        if limit and count > limit:
+            raise ProtocolError(
+                f"the broker sent consumer {consumer_tag!r} on channel {ch.id} "
+                f"{count} unacknowledged deliveries; its prefetch limit is {limit}",
+                UNEXPECTED_FRAME,
+            )
+        total = ch.total + 1
+        if ch.global_prefetch and total > ch.global_prefetch:
+            raise ProtocolError(
+                f"the broker sent channel {ch.id} {total} unacknowledged deliveries; "
+                f"its prefetch limit is {ch.global_prefetch}",
+                UNEXPECTED_FRAME,
+            )
+        tag = method.delivery_tag or 0
+        if tag in ch.unacked:
+            raise ProtocolError(
+                f"the broker reused delivery tag {tag} on channel {ch.id}", COMMAND_INVALID
+            )
+        ch.counts[consumer_tag] = count
+        ch.total = total
+        ch.unacked[tag] = consumer_tag
+        ch.tag_order.append(tag)
+
+    def _settled(self, ch: _Channel, delivery_tag: int, multiple: bool) -> None:
+        unacked = ch.unacked
+        order = ch.tag_order
+        if multiple:
+            while order and (delivery_tag == 0 or order[0] <= delivery_tag):
+                consumer_tag = unacked.pop(order.popleft(), None)
+                if consumer_tag is not None:
+                    self._uncount(ch, consumer_tag)
+        else:
+            consumer_tag = unacked.pop(delivery_tag, None)
+            if consumer_tag is not None:
+                self._uncount(ch, consumer_tag)
+        while order and order[0] not in unacked:
+            order.popleft()
+
+    @staticmethod
+    def _uncount(ch: _Channel, consumer_tag: str) -> None:
+        ch.total -= 1
+        left = ch.counts[consumer_tag] - 1
+        if left:
+            ch.counts[consumer_tag] = left
+        else:
+            del ch.counts[consumer_tag]
+
+    @staticmethod
+    def _forget_unacked(ch: _Channel) -> None:
+        ch.unacked.clear()
+        ch.tag_order.clear()
+        ch.counts.clear()
+        ch.total = 0
+
+    def _qos_ok(self, ch: _Channel) -> None:
+        if not ch.pending_qos:
+            return
+        count, global_ = ch.pending_qos.popleft()
+        if global_:
+            ch.global_prefetch = count
+        else:
+            # Brokers without RabbitMQ's per-consumer prefetch apply the new value to
+            # running consumers too: allow the larger of the two (0 means no limit).
+            for consumer_tag, limit in list(ch.limits.items()):
+                if count == 0:
+                    del ch.limits[consumer_tag]
+                elif count > limit:
+                    ch.limits[consumer_tag] = count
+        ch.limited = bool(ch.limits) or ch.global_prefetch > 0
 
     # ------------------------------------------------------------------ incoming bytes
 
@@ -406,7 +581,12 @@ class AMQPConnection:
         if not data:
             state = self.state
             self.connection_lost()
-            if state in (ConnectionState.AWAIT_START, ConnectionState.AWAIT_TUNE):
+            if state is ConnectionState.AWAIT_START:
+                raise ConnectionFailed(
+                    "the server closed the connection before Connection.Start "
+                    "(is it an AMQP 0-9-1 broker, and does it accept this client?)"
+                )
+            if state is ConnectionState.AWAIT_TUNE:
                 raise ConnectionFailed(
                     "the broker closed the connection during the handshake "
                     "(wrong credentials or authentication mechanism?)"
@@ -554,7 +734,7 @@ class AMQPConnection:
                 ),
             )
         )
-        self._send(marshal_method(0, commands.Connection.Open(virtual_host=self._virtual_host)))
+        self._send(marshal_method(0, _methods.Connection.Open(virtual_host=self._virtual_host)))
         self.state = ConnectionState.AWAIT_OPEN_OK
 
     # ------------------------------------------------------------------ other channels
@@ -606,13 +786,18 @@ class AMQPConnection:
             elif isinstance(method, commands.Basic.Deliver | commands.Basic.Return):
                 ch.content = _Content(method)  # collected and dropped
             return
-        if isinstance(method, commands.Basic.Deliver | commands.Basic.Return):
+        if isinstance(method, commands.Basic.Deliver):
+            if ch.limited:
+                self._count_delivery(ch, method)
+            ch.content = _Content(method)
+        elif isinstance(method, commands.Basic.Return):
             ch.content = _Content(method)
         elif isinstance(method, commands.Basic.Ack | commands.Basic.Nack):
             self._on_confirm(ch, method)
         elif isinstance(method, commands.Basic.Cancel):
             tag = method.consumer_tag or ""
             ch.consumers.pop(tag, None)
+            ch.limits.pop(tag, None)
             if self.server_properties.get("capabilities", {}).get("accept_consumer_cancel_ok"):
                 self._send(marshal_method(channel, commands.Basic.CancelOk(consumer_tag=tag)))
             self._events.append(ev.ConsumerCancelled(channel, tag))
@@ -638,10 +823,13 @@ class AMQPConnection:
             self._events.append(ev.ChannelOpened(ch.id))
             return
         if isinstance(method, commands.Basic.ConsumeOk):
-            no_ack = ch.pending_consumes.popleft() if ch.pending_consumes else False
-            ch.consumers[method.consumer_tag or ""] = no_ack
+            no_ack, limit = ch.pending_consumes.popleft() if ch.pending_consumes else (False, 0)
+            self._add_consumer(ch, method.consumer_tag or "", no_ack, limit)
         elif isinstance(method, commands.Basic.CancelOk):
             ch.consumers.pop(method.consumer_tag or "", None)
+            ch.limits.pop(method.consumer_tag or "", None)
+        elif isinstance(method, commands.Basic.QosOk):
+            self._qos_ok(ch)
         self._events.append(ev.MethodReply(ch.id, method))
 
     def _on_confirm(self, ch: _Channel, method: commands.Basic.Ack | commands.Basic.Nack) -> None:
@@ -675,11 +863,17 @@ class AMQPConnection:
         if content is None or content.body_size >= 0:
             raise ProtocolError(f"unexpected content header on channel {channel}", UNEXPECTED_FRAME)
         if isinstance(content_header, BadContentHeader):
-            content.error = content_header.error
+            content.error = f"undecodable content header: {content_header.error}"
             content.body_size = content_header.body_size
         else:
             content.properties = content_header.properties
             content.body_size = content_header.body_size
+            if content.body_size > self.max_message_size:
+                # never buffered: its body frames are counted and dropped
+                content.error = (
+                    f"the message body of {content.body_size} bytes exceeds "
+                    f"max_message_size ({self.max_message_size} bytes)"
+                )
         if content.body_size == 0:
             self._content_done(ch, content, b"")
 

@@ -29,7 +29,9 @@ from typing import Any, Final, Self
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.tls import TLSStream
 from pamqp import commands
 from pamqp.base import Frame
 
@@ -48,8 +50,9 @@ from ..exceptions import (
     UndecodableContent,
     VhostNotFound,
 )
+from . import _methods as methods
 from . import events as ev
-from ._connection import AMQPConnection, ConnectionState
+from ._connection import AMQPConnection, ChannelState, ConnectionState
 from .url import ConnectionParameters, parse_url
 
 __all__ = ["Channel", "Connection", "Consumer", "Message", "connect"]
@@ -62,6 +65,12 @@ FieldTable = Mapping[str, Any]
 WRITE_HIGH_WATER: Final = 4 * 1024 * 1024  # publishers wait while more than this is unsent
 READ_SIZE: Final = 256 * 1024
 CLOSE_TIMEOUT: Final = 5.0
+# The writer lets ready tasks run up to this many times (or until this much is queued)
+# before a send(), so frames queued together go out in one syscall.
+COALESCE_ROUNDS: Final = 4
+COALESCE_BYTES: Final = 64 * 1024
+# A consumer hands out at most this many buffered messages between two checkpoints.
+CHECKPOINT_EVERY: Final = 64
 # what a stream raises when the socket is gone (or closed under the reader by a heartbeat timeout)
 _STREAM_ERRORS: Final = (
     anyio.BrokenResourceError,
@@ -74,13 +83,20 @@ _STREAM_ERRORS: Final = (
 class _Slot:
     """A one-shot result for a request the reader answers."""
 
-    __slots__ = ("abandoned", "error", "event", "value")
+    __slots__ = ("abandoned", "error", "event", "no_ack", "value")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
         self.abandoned = False
+        self.no_ack = False  # a basic_get(no_ack=True): its message cannot be given back
+
+    @property
+    def answered(self) -> bool:
+        """True if the reply was taken as wanted (set, not failed): a cancelled waiter that
+        lost this race must undo what the reply did."""
+        return self.event.is_set() and self.error is None and not self.abandoned
 
     def set(self, value: Any) -> None:
         self.value = value
@@ -94,7 +110,8 @@ class _Slot:
         try:
             await self.event.wait()
         except BaseException:
-            self.abandoned = True
+            if not self.event.is_set():  # else the reply came first: see ``answered``
+                self.abandoned = True
             raise
         if self.error is not None:
             raise self.error
@@ -169,9 +186,12 @@ class Message:
             ChannelClosed: the channel is closed; the broker requeued the message.
             RuntimeError: the message was already acknowledged.
         """
-        self._channel._check()
+        channel = self._channel
+        channel._check()
         self._settle()
-        self._channel.basic_ack(self.delivery_tag)
+        # basic_ack() without its second _check(): nothing ran since the first
+        channel._core.ack(channel.number, self.delivery_tag)
+        channel._connection._wake_writer()
 
     def nack(self, *, requeue: bool = True) -> None:
         """Negatively acknowledge the message; ``requeue=False`` drops (or dead-letters) it."""
@@ -216,17 +236,22 @@ class Consumer:
         self._error: BaseException | None = None
         self._started = False
         self._cancelled = False
+        self._unchecked = 0  # messages handed out since the last checkpoint
 
     async def start(self) -> Self:
         """Send ``Basic.Consume`` and wait for ``ConsumeOk``. ``async with`` calls it."""
         ch = self._channel
         try:
             reply = await ch._call(
-                commands.Basic.Consume(queue=self.queue, no_ack=self.no_ack, **self._kwargs),
+                methods.Basic.Consume(queue=self.queue, no_ack=self.no_ack, **self._kwargs),
                 register=self,
             )
         except BaseException:
             self._send.close()  # __aexit__ will not run: nothing else closes the streams
+            if not self.no_ack:  # a ConsumeOk that raced with the cancellation brought some
+                for message in _drain(self._receive):
+                    if not message._settled and ch.is_open:
+                        message.reject(requeue=True)
             self._receive.close()
             raise
         assert isinstance(reply, commands.Basic.ConsumeOk)
@@ -284,12 +309,34 @@ class Consumer:
         return self
 
     async def __anext__(self) -> Message:
+        # Messages already buffered are handed out without a trip through the event loop;
+        # every CHECKPOINT_EVERY-th one still checkpoints, so the loop stays cancellable and
+        # other tasks (the writer sending this batch's acks) get their turn.
+        if self._unchecked < CHECKPOINT_EVERY:
+            try:
+                message = self._receive.receive_nowait()
+            except anyio.WouldBlock:
+                pass
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                raise self._end() from None
+            else:
+                self._unchecked += 1
+                return message
+        self._unchecked = 0
         try:
             return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if self._error is not None:
-                raise self._error from None
-            raise StopAsyncIteration from None
+            raise self._end() from None
+
+    def _end(self) -> BaseException:
+        return self._error if self._error is not None else StopAsyncIteration()
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception's message, or its cause's when it has none (anyio's BrokenResourceError)."""
+    while not str(exc) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc) or type(exc).__name__
 
 
 def _close_wait(connection: Connection) -> float:
@@ -374,26 +421,46 @@ class Channel:
             if consumer.no_ack:
                 self._no_ack_tags.add(value.consumer_tag or "")
             if slot.abandoned:  # nobody will iterate: cancel it again
-                self._core.send_method(
-                    self.number, commands.Basic.Cancel(consumer_tag=value.consumer_tag)
-                )
-                self._waiters.append(_Slot())
-                self._waiters[-1].abandoned = True
-                self._pending_consumers.append(None)
-                self._connection._wake_writer()
+                self._cancel_abandoned(value.consumer_tag or "")
             else:
                 self._consumers[value.consumer_tag or ""] = consumer
         elif isinstance(value, commands.Basic.CancelOk):
             self._no_ack_tags.discard(value.consumer_tag or "")
         if isinstance(value, ev.UndecodableDelivery):
-            slot.fail(UndecodableContent(f"basic_get: undecodable content header: {value.error}"))
+            slot.fail(UndecodableContent(f"basic_get: {value.error}"))
         elif not slot.abandoned:
             slot.set(value)
         else:
             slot.event.set()  # nobody reads it, but requests queued behind it go on
-            if isinstance(value, ev.GetOk):  # an abandoned basic_get: give the message back
-                self._core.reject(self.number, value.delivery_tag, requeue=True)
-                self._connection._wake_writer()
+            if isinstance(value, ev.GetOk) and not slot.no_ack:
+                self._give_back(value)  # an abandoned basic_get
+
+    def _cancel_abandoned(self, consumer_tag: str) -> None:
+        """Cancel a consumer nobody iterates; its CancelOk is waited for by nobody."""
+        self._core.send_method(self.number, commands.Basic.Cancel(consumer_tag=consumer_tag))
+        slot = _Slot()
+        slot.abandoned = True
+        self._waiters.append(slot)
+        self._pending_consumers.append(None)
+        self._connection._wake_writer()
+
+    def _give_back(self, reply: ev.GetOk) -> None:
+        self._core.reject(self.number, reply.delivery_tag, requeue=True)
+        self._connection._wake_writer()
+
+    def _undo(self, slot: _Slot, consumer: Consumer | None) -> None:
+        """A reply arrived and was taken as wanted, but its waiter was cancelled before it
+        resumed (the cancellation came first): do what an abandoned request's reply does."""
+        value = slot.value
+        if not self.is_open or self._core.channel_state(self.number) is not ChannelState.OPEN:
+            return
+        if isinstance(value, commands.Basic.ConsumeOk) and consumer is not None:
+            tag = value.consumer_tag or ""
+            if self._consumers.get(tag) is consumer:
+                del self._consumers[tag]
+                self._cancel_abandoned(tag)
+        elif isinstance(value, ev.GetOk) and not slot.no_ack:
+            self._give_back(value)
 
     def _on_delivery(self, event: ev.Delivery) -> None:
         consumer = self._consumers.get(event.consumer_tag)
@@ -464,11 +531,18 @@ class Channel:
             await self._waiters[-1].event.wait()
             self._check()
         slot = _Slot()
+        if isinstance(method, commands.Basic.Get):
+            slot.no_ack = bool(method.no_ack)
         self._core.send_method(self.number, method)
         self._waiters.append(slot)
         self._pending_consumers.append(register)
         self._connection._wake_writer()
-        return await slot.wait()
+        try:
+            return await slot.wait()
+        except BaseException:
+            if slot.answered:
+                self._undo(slot, register)
+            raise
 
     async def exchange_declare(
         self,
@@ -483,7 +557,7 @@ class Channel:
     ) -> None:
         """Declare an exchange (``Exchange.Declare``)."""
         await self._call(
-            commands.Exchange.Declare(
+            methods.Exchange.Declare(
                 exchange=exchange,
                 exchange_type=exchange_type,
                 passive=passive,
@@ -496,7 +570,7 @@ class Channel:
 
     async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
         """Delete an exchange."""
-        await self._call(commands.Exchange.Delete(exchange=exchange, if_unused=if_unused))
+        await self._call(methods.Exchange.Delete(exchange=exchange, if_unused=if_unused))
 
     async def exchange_bind(
         self,
@@ -507,7 +581,7 @@ class Channel:
     ) -> None:
         """Bind exchange ``destination`` to exchange ``source`` (a RabbitMQ extension)."""
         await self._call(
-            commands.Exchange.Bind(
+            methods.Exchange.Bind(
                 destination=destination,
                 source=source,
                 routing_key=routing_key,
@@ -524,7 +598,7 @@ class Channel:
     ) -> None:
         """Remove an exchange-to-exchange binding."""
         await self._call(
-            commands.Exchange.Unbind(
+            methods.Exchange.Unbind(
                 destination=destination,
                 source=source,
                 routing_key=routing_key,
@@ -549,7 +623,7 @@ class Channel:
             ``consumer_count``.
         """
         reply = await self._call(
-            commands.Queue.Declare(
+            methods.Queue.Declare(
                 queue=queue,
                 passive=passive,
                 durable=durable,
@@ -570,7 +644,7 @@ class Channel:
     ) -> None:
         """Bind a queue to an exchange."""
         await self._call(
-            commands.Queue.Bind(
+            methods.Queue.Bind(
                 queue=queue,
                 exchange=exchange,
                 routing_key=routing_key,
@@ -587,7 +661,7 @@ class Channel:
     ) -> None:
         """Remove a queue binding."""
         await self._call(
-            commands.Queue.Unbind(
+            methods.Queue.Unbind(
                 queue=queue,
                 exchange=exchange,
                 routing_key=routing_key,
@@ -597,7 +671,7 @@ class Channel:
 
     async def queue_purge(self, queue: str) -> int:
         """Remove every ready message from a queue; returns how many."""
-        reply = await self._call(commands.Queue.Purge(queue=queue))
+        reply = await self._call(methods.Queue.Purge(queue=queue))
         assert isinstance(reply, commands.Queue.PurgeOk)
         return int(reply.message_count or 0)
 
@@ -606,7 +680,7 @@ class Channel:
     ) -> int:
         """Delete a queue; returns how many messages it held."""
         reply = await self._call(
-            commands.Queue.Delete(queue=queue, if_unused=if_unused, if_empty=if_empty)
+            methods.Queue.Delete(queue=queue, if_unused=if_unused, if_empty=if_empty)
         )
         assert isinstance(reply, commands.Queue.DeleteOk)
         return int(reply.message_count or 0)
@@ -658,7 +732,7 @@ class Channel:
         Cancellation: if the await is cancelled after the request went out, a message that
         arrives anyway is rejected with requeue.
         """
-        reply = await self._call(commands.Basic.Get(queue=queue, no_ack=no_ack))
+        reply = await self._call(methods.Basic.Get(queue=queue, no_ack=no_ack))
         if isinstance(reply, ev.GetOk):
             return Message(self, reply, no_ack)
         return None
@@ -819,6 +893,7 @@ class Connection:
             auth_mechanisms=params.auth_mechanisms,
             connection_name=params.connection_name,
             version=__version__,
+            max_message_size=params.max_message_size,
         )
         self._stream: anyio.abc.ByteStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -937,13 +1012,28 @@ class Connection:
         assert self._stream is not None
         stream = self._stream
         core = self._core
+        checkpoint = anyio.lowlevel.checkpoint
         while True:
-            data = core.data_to_send()
-            if not data:
+            pending = core.bytes_to_send
+            if not pending:
                 if not self._writable.is_set() and not core.blocked:
                     self._writable.set()
                 event = self._writer_event = anyio.Event()
                 await event.wait()
+                continue
+            # Let the tasks that are ready run first (a consumer acking a batch, publishers,
+            # replies): what they queue meanwhile goes out in the same send() instead of one
+            # syscall per frame. Stop as soon as a round adds nothing.
+            for _ in range(COALESCE_ROUNDS):
+                if pending >= COALESCE_BYTES:
+                    break
+                await checkpoint()
+                queued = core.bytes_to_send
+                if queued == pending:
+                    break
+                pending = queued
+            data = core.data_to_send()
+            if not data:
                 continue
             try:
                 await stream.send(data)
@@ -1000,7 +1090,7 @@ class Connection:
         elif isinstance(event, ev.UndecodableDelivery):
             channel = self._channels.get(event.channel)
             logger.warning(
-                "%s: rejected delivery %s on channel %s: undecodable content header: %s",
+                "%s: rejected delivery %s on channel %s: %s",
                 self,
                 event.delivery_tag,
                 event.channel,
@@ -1116,7 +1206,17 @@ class Connection:
                 data = await stream.receive(READ_SIZE)
             except anyio.EndOfStream:
                 data = b""
-            events = core.receive_data(data)
+            try:
+                events = core.receive_data(data)
+            except ProtocolError:
+                leftover = core.data_to_send()  # Connection.Close with the reply code
+                if leftover:
+                    with anyio.move_on_after(1.0):
+                        try:
+                            await stream.send(leftover)
+                        except Exception:
+                            pass
+                raise
             if core.bytes_to_send:
                 await stream.send(core.data_to_send())
             for event in events:
@@ -1151,16 +1251,25 @@ class Connection:
             self.address = address
             try:
                 with anyio.fail_after(params.connection_timeout):
+                    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+                        address.host, address.port
+                    )
                     if params.tls:
-                        stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                            address.host,
-                            address.port,
-                            ssl_context=params.ssl_context or ssl.create_default_context(),
-                            tls_hostname=params.server_hostname or address.host,
-                            tls_standard_compatible=False,
-                        )
-                    else:
-                        stream = await anyio.connect_tcp(address.host, address.port)
+                        # server_hostname "" (server_name_indication=disable): no SNI at all
+                        tcp = stream
+                        try:
+                            stream = await TLSStream.wrap(
+                                tcp,
+                                server_side=False,
+                                hostname=None
+                                if params.server_hostname == ""
+                                else params.server_hostname or address.host,
+                                ssl_context=params.ssl_context or ssl.create_default_context(),
+                                standard_compatible=False,
+                            )
+                        except BaseException:
+                            await anyio.aclose_forcefully(tcp)
+                            raise
                     try:
                         await self._handshake(stream)
                     except BaseException:
@@ -1179,7 +1288,7 @@ class Connection:
                     f"{address.host}:{address.port}: timed out after {params.connection_timeout} s"
                 )
             except (OSError, ssl.SSLError, anyio.BrokenResourceError, ConnectionFailed) as exc:
-                errors.append(f"{address.host}:{address.port}: {exc}")
+                errors.append(f"{address.host}:{address.port}: {_describe(exc)}")
             except ProtocolError as exc:
                 errors.append(f"{address.host}:{address.port}: protocol error: {exc}")
             self._core = AMQPConnection(
@@ -1192,6 +1301,7 @@ class Connection:
                 auth_mechanisms=params.auth_mechanisms,
                 connection_name=params.connection_name,
                 version=__version__,
+                max_message_size=params.max_message_size,
             )
         raise ConnectionFailed(f"cannot connect to {params.redacted_url()}: " + "; ".join(errors))
 
@@ -1215,6 +1325,14 @@ class Connection:
             if self._background is not None:
                 self._background.cancel()
             if self._stream is not None:
+                # e.g. the Connection.Close queued after a protocol error: send it first
+                leftover = self._core.data_to_send()
+                if leftover and not isinstance(self._failure, HeartbeatTimeout):
+                    with anyio.move_on_after(1.0):
+                        try:
+                            await self._stream.send(leftover)
+                        except Exception:
+                            pass
                 await anyio.aclose_forcefully(self._stream)
 
 
@@ -1251,6 +1369,12 @@ async def connect(
     if params.tls and not params.verify:
         logger.warning(
             "TLS certificate verification is OFF for %s (verify=verify_none)", params.redacted_url()
+        )
+    elif params.tls and params.ssl_context is not None and not params.ssl_context.check_hostname:
+        logger.warning(
+            "TLS host name verification is OFF for %s: any certificate from a trusted CA is "
+            "accepted",
+            params.redacted_url(),
         )
     conn = Connection(params)
     stream = await conn._connect_one()

@@ -18,7 +18,8 @@ query parameters (https://www.rabbitmq.com/docs/uri-query-parameters)::
   is an error.
 * Query parameters: ``heartbeat`` (seconds, ``0`` disables), ``frame_max`` (``0`` or at least
   4096), ``channel_max`` (0 to 65535), ``connection_timeout`` (milliseconds), ``auth_mechanism``
-  (repeatable: ``plain``, ``amqplain``, ``external``), ``name`` (the connection name). TLS only
+  (repeatable: ``plain``, ``amqplain``, ``external``), ``name`` (the connection name),
+  ``max_message_size`` (bytes, at least 1; default 128 MiB, as RabbitMQ's). TLS only
   (``amqps``): ``cacertfile`` (alias ``cafile``), ``certfile``, ``keyfile``, ``verify``
   (``verify_peer`` or ``verify_none``; alias ``no_verify_ssl=1``) and ``server_name_indication``
   (a host name, or ``disable``). Anything else is an error, not silently ignored.
@@ -41,6 +42,9 @@ from typing import Any, Final, NoReturn
 from urllib.parse import quote, unquote, unquote_plus
 
 from kiwi_anyio.exceptions import InvalidURL
+
+from ._connection import MAX_MESSAGE_SIZE
+from ._methods import check_shortstr
 
 __all__ = [
     "AMQPS_PORT",
@@ -69,6 +73,7 @@ _DEFAULT_HOST: Final = "localhost"
 _MAX_SHORT: Final = 0xFFFF
 _MAX_LONG: Final = 0xFFFF_FFFF
 _MIN_FRAME_MAX: Final = 4096
+_MAX_LONGLONG: Final = 2**63 - 1
 _SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 _DIGITS_RE: Final = re.compile(r"[0-9]+")
 _CONTROL_RE: Final = re.compile(r"[\x00-\x20\x7f]")
@@ -84,6 +89,7 @@ _KNOWN_PARAMS: Final = (
     "connection_timeout",
     "auth_mechanism",
     "name",
+    "max_message_size",
     "cacertfile",
     "cafile",
     "certfile",
@@ -135,6 +141,9 @@ class ConnectionParameters:
         auth_mechanisms: the SASL mechanisms allowed, in order of preference; ``()`` chooses
             from what the server offers.
         connection_name: the name shown in the broker's management UI, if any.
+        max_message_size: the largest message body in bytes we send or accept (default
+            128 MiB, RabbitMQ's default limit). A larger publish raises before anything is
+            sent; a larger delivery is rejected without requeue and never buffered.
     """
 
     addresses: tuple[Address, ...]
@@ -151,6 +160,7 @@ class ConnectionParameters:
     connection_timeout: float = 10.0
     auth_mechanisms: tuple[str, ...] = ()
     connection_name: str | None = None
+    max_message_size: int = MAX_MESSAGE_SIZE
 
     def __post_init__(self) -> None:
         addresses: Any = self.addresses
@@ -164,6 +174,7 @@ class ConnectionParameters:
         for name in ("username", "password", "virtual_host"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a str")
+        check_shortstr("Connection.Open", "virtual_host", self.virtual_host)
         for name in ("server_hostname", "connection_name"):
             if not isinstance(getattr(self, name), str | None):
                 raise TypeError(f"{name} must be a str or None")
@@ -178,6 +189,7 @@ class ConnectionParameters:
                 f"frame_max must be 0 or at least {_MIN_FRAME_MAX}, got {self.frame_max}"
             )
         _check_int("channel_max", self.channel_max, 0, _MAX_SHORT)
+        _check_int("max_message_size", self.max_message_size, 1, _MAX_LONGLONG)
         timeout: Any = self.connection_timeout
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):
             raise TypeError("connection_timeout must be a number of seconds")
@@ -233,6 +245,8 @@ class ConnectionParameters:
         query.extend(("auth_mechanism", m.lower()) for m in self.auth_mechanisms)
         if self.connection_name is not None:
             query.append(("name", self.connection_name))
+        if self.max_message_size != MAX_MESSAGE_SIZE:
+            query.append(("max_message_size", str(self.max_message_size)))
         if self.tls:
             if not self.verify:
                 query.append(("verify", "verify_none"))
@@ -577,6 +591,10 @@ class _Parser:
             settings["auth_mechanisms"] = tuple(chosen)
         if "name" in params:
             settings["connection_name"] = params["name"].value
+        if "max_message_size" in params:
+            settings["max_message_size"] = self.int_param(
+                params["max_message_size"], 1, _MAX_LONGLONG, "a positive integer (bytes)"
+            )
         return settings
 
     def tls_settings(

@@ -988,6 +988,53 @@ async def test_cancelled_get_gives_the_message_back(broker_url: str) -> None:
             assert message.body == b"keep me"
 
 
+async def test_cancelled_no_ack_get_is_not_given_back(broker_url: str) -> None:
+    # a no_ack delivery is settled on arrival: rejecting it would be an unknown delivery tag
+    # (406), closing the channel
+    with anyio.fail_after(TIMEOUT):
+        async with session(broker_url, publisher_confirms=True) as (_, ch):
+            queue = await private_queue(ch)
+            await ch.basic_publish(b"taken", routing_key=queue)
+            with anyio.move_on_after(0) as scope:
+                await ch.basic_get(queue, no_ack=True)
+            assert scope.cancelled_caught
+            assert await declare(ch, queue, passive=True) == queue  # the channel is in sync
+            assert ch.is_open
+
+
+async def test_consume_ok_racing_the_cancellation_of_its_start(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The start's wait is cancelled, then its ConsumeOk arrives before the task resumes: the
+    # reply was taken as wanted (the consumer registered), so the start must undo it. It used
+    # to leave a closed consumer registered, and the next delivery killed the reader.
+    with anyio.fail_after(TIMEOUT):
+        async with session(broker_url, publisher_confirms=True) as (conn, ch):
+            queue = await private_queue(ch)
+            await ch.basic_publish(b"waiting", routing_key=queue)
+            on_reply = ch._on_reply
+            with anyio.CancelScope() as scope:
+
+                def cancel_first(value: Any) -> None:
+                    if isinstance(value, commands.Basic.ConsumeOk):
+                        scope.cancel()
+                    on_reply(value)
+
+                monkeypatch.setattr(ch, "_on_reply", cancel_first)
+                async with ch.basic_consume(queue):
+                    pytest.fail("the start was cancelled")
+            assert scope.cancelled_caught
+            monkeypatch.setattr(ch, "_on_reply", on_reply)
+            message = None
+            while message is None:  # the delivery is requeued once the broker cancelled it
+                message = await ch.basic_get(queue)
+            assert message.body == b"waiting"
+            message.ack()
+            assert not ch._consumers
+            assert is_open(conn)
+            assert is_open(ch)
+
+
 async def test_cancelled_consumer_start_loses_no_message(broker_url: str) -> None:
     with anyio.fail_after(TIMEOUT):
         async with session(broker_url, publisher_confirms=True) as (_, ch):
