@@ -293,7 +293,6 @@ class TaskQueue:
         """
         comm = self._comm
         comm._check_open()
-        await self._ensure_declared()
         body = comm._codec.encode((task, no_reply))
         return await comm._send_request(
             body,
@@ -302,6 +301,7 @@ class TaskQueue:
             persistent=True,
             no_reply=no_reply,
             what=f"task to queue {self.name!r}",
+            prepare=self._ensure_declared,
         )
 
     async def add_task_subscriber(
@@ -1039,13 +1039,25 @@ class Communicator:
         mandatory: bool,
         what: str,
         allow_closing: bool = False,
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """Publish with confirms; after a lost link wait for recovery and send it again.
+
+        ``prepare`` declares what the message needs (exchange, queue, binding); it is
+        called before each attempt and is cheap once done on the current connection, so a
+        message resent after a broker restart finds its topology declared again.
+        """
         redeclared = False
         deadline = anyio.current_time() + self.reconnect_timeout
         while True:
             connection = self._connection_
             try:
+                generation = self._generation
+                if prepare is not None:
+                    await prepare()
                 channel = await self._channel("_publisher", True, allow_closing)
+                if self._generation != generation:
+                    continue  # reconnected meanwhile: declare again on the new connection
                 connection = self._connection_
                 await channel.basic_publish(
                     body,
@@ -1068,13 +1080,21 @@ class Communicator:
                     # (at-least-once: the receiver may see it twice, never zero times)
                     logger.info("resending %s after the connection was lost", what)
                     continue
-                if not redeclared and exc.reply_code == 404 and exchange in self._exchanges:
-                    # the exchange vanished (auto-delete, or deleted by someone): redeclare
+                if not redeclared and exc.reply_code == 404:
+                    # the exchange vanished (auto-delete, a broker restart, an operator):
+                    # declare it (and what depends on it) again, once
                     redeclared = True
-                    self._exchanges.discard(exchange)
+                    self._forget_exchange(exchange)
                     await self._ensure_exchange(exchange)
                     continue
                 raise DeliveryFailed(f"cannot send {what}: {exc}") from exc
+
+    def _forget_exchange(self, exchange: str) -> None:
+        self._exchanges.discard(exchange)
+        self._reply_bound.discard(exchange)
+        for queue in self._task_queues.values():
+            if queue.exchange == exchange:
+                queue._declared = False
 
     async def _send_request(
         self,
@@ -1085,6 +1105,7 @@ class Communicator:
         persistent: bool,
         no_reply: bool,
         what: str,
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> Future[Any] | None:
         request_id = uuid.uuid4()
         correlation_id = str(request_id)  # kiwiPy's form, with dashes
@@ -1107,6 +1128,7 @@ class Communicator:
                 properties=properties,
                 mandatory=True,
                 what=what,
+                prepare=prepare,
             )
         except BaseException:
             if future is not None:

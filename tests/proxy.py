@@ -1,8 +1,9 @@
-"""A small TCP proxy on loopback for fault tests: it can cut, stall or refuse the link."""
+"""Fault-test helpers: a small TCP proxy on loopback that can cut, stall or refuse the link,
+and a stream of tasks that goes on across a fault."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -83,3 +84,68 @@ async def run_proxy(upstream_host: str, upstream_port: int) -> AsyncIterator[Pro
             yield proxy
         finally:
             tg.cancel_scope.cancel()
+
+
+class TaskStream:
+    """Sends tasks ``0, 1, 2, ...`` with ``concurrency`` senders until the fault has passed.
+
+    ``send(i)`` sends task ``i`` and returns once the broker confirmed it. The test calls
+    :meth:`fault_seen` when it notices the fault (e.g. the ``"disconnected"`` event); the
+    stream then goes on until ``after_fault`` more sends were confirmed, so it is certainly
+    in the middle of sending when the fault hits, and the sends in flight at that moment must
+    survive it (:attr:`crossed` counts them).
+    """
+
+    def __init__(
+        self, send: Callable[[int], Awaitable[None]], *, concurrency: int = 100, limit: int = 50_000
+    ) -> None:
+        self.send = send
+        self.concurrency = concurrency
+        self.limit = limit
+        #: The tasks whose send returned (confirmed by the broker).
+        self.sent: set[int] = set()
+        #: Sends that started before the fault was seen and ended after it.
+        self.crossed = 0
+        #: Sends confirmed after the fault was seen.
+        self.after_fault = 0
+        self._next = 0
+        self._faults = 0
+        self._after_fault_wanted = 0
+
+    @property
+    def started(self) -> int:
+        """How many sends have started."""
+        return self._next
+
+    def fault_seen(self) -> None:
+        """The fault happened: send until ``after_fault`` (see :meth:`run`) more are confirmed."""
+        self._faults += 1
+
+    async def wait_sent(self, count: int) -> None:
+        """Wait until ``count`` sends were confirmed."""
+        while len(self.sent) < count:
+            await anyio.sleep(0.005)
+
+    async def run(self, *, after_fault: int = 300) -> None:
+        """Send until ``after_fault`` sends were confirmed after :meth:`fault_seen`."""
+        self._after_fault_wanted = after_fault
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.concurrency):
+                tg.start_soon(self._sender)
+
+    def _done(self) -> bool:
+        if self._next >= self.limit:
+            return True
+        return self._faults > 0 and self.after_fault >= self._after_fault_wanted
+
+    async def _sender(self) -> None:
+        while not self._done():
+            i = self._next
+            self._next += 1
+            faults = self._faults
+            await self.send(i)
+            self.sent.add(i)
+            if self._faults:
+                self.after_fault += 1
+                if faults != self._faults:
+                    self.crossed += 1
