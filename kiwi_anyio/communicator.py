@@ -1110,6 +1110,8 @@ class Communicator:
         request_id = uuid.uuid4()
         correlation_id = str(request_id)  # kiwiPy's form, with dashes
         future: Future[Any] | None = None
+        if prepare is not None:
+            await prepare()  # fail early (e.g. a forbidden exchange) before any reply setup
         if not no_reply:
             await self._ensure_reply_queue(exchange)
             future = self._new_pending(correlation_id)
@@ -1208,23 +1210,28 @@ class Communicator:
             if exchange in self._reply_bound:
                 return
             self._reply_exchanges.add(exchange)
-            if self._reply_consumer is None:
-                self._reply_consumer = await self._start_consumer(
-                    self._open_reply_channel,
-                    self._reply_queue,
-                    self._on_reply,
-                    what="reply queue",
-                    sequential=True,
-                )
-            else:
-                await self._ensure_exchange(exchange)
-                await self._declare(
-                    lambda ch: ch.queue_bind(
-                        self._reply_queue, exchange, routing_key=self._reply_queue
-                    ),
-                    "reply queue binding",
-                )
-                self._reply_bound.add(exchange)
+            try:
+                if self._reply_consumer is None:
+                    self._reply_consumer = await self._start_consumer(
+                        self._open_reply_channel,
+                        self._reply_queue,
+                        self._on_reply,
+                        what="reply queue",
+                        sequential=True,
+                    )
+                else:
+                    await self._ensure_exchange(exchange)
+                    await self._declare(
+                        lambda ch: ch.queue_bind(
+                            self._reply_queue, exchange, routing_key=self._reply_queue
+                        ),
+                        "reply queue binding",
+                    )
+                    self._reply_bound.add(exchange)
+            except BaseException:
+                # do not keep (and retry on every later send) a binding that failed
+                self._reply_exchanges.discard(exchange)
+                raise
 
     async def _open_reply_channel(self, connection: Connection) -> Channel:
         if self._reply_declared:
