@@ -22,10 +22,12 @@ from bench_common import (
     body_of,
     latency_metrics,
     main,
+    percentile,
     progress,
     rss_bytes,
     unique,
 )
+from bench_proxy import forwarder
 
 import kiwi_anyio
 from kiwi_anyio import codecs
@@ -313,6 +315,104 @@ async def broadcast(url: str, params: Params) -> dict[str, Any]:
     return metrics
 
 
+class _LinkWatch:
+    """When the communicator last reported "recovered", and when its RPC subscriber last
+    handled a call."""
+
+    def __init__(self) -> None:
+        self.recovered_at = 0.0
+        self.recovered = anyio.Event()
+        self.handled_at = 0.0
+        self.handled = anyio.Event()
+        self.round = 0  # calls sent before this round's cut do not count
+
+    def __call__(self, event: str, _error: BaseException | None) -> None:
+        if event == "recovered":
+            self.recovered_at = time.perf_counter()
+            self.recovered.set()
+
+    async def echo(self, _comm: Any, msg: Any) -> Any:
+        if msg == self.round and not self.handled.is_set():
+            self.handled_at = time.perf_counter()
+            self.handled.set()
+        return msg
+
+    def arm(self) -> None:
+        self.recovered = anyio.Event()
+        self.handled = anyio.Event()
+        self.round += 1
+
+
+async def _recover_once(
+    proxy: Any, caller: kiwi_anyio.Communicator, ident: str, watch: _LinkWatch
+) -> tuple[float, float]:
+    """Cut the server's link; return (seconds until it reports "recovered", until its RPC
+    subscriber handles a call again).
+
+    ``caller`` sends an RPC every 2 ms without waiting for the answers: until the server has
+    re-declared its exclusive queue they are unroutable, and one routed just before the broker
+    noticed the cut dies with that queue.
+    """
+    watch.arm()
+    t0 = time.perf_counter()
+    await proxy.cut()
+    with anyio.fail_after(60):
+        while not watch.handled.is_set():
+            try:
+                await caller.rpc_send(ident, watch.round)
+            except kiwi_anyio.UnroutableError:  # its queue is gone until it re-subscribes
+                pass
+            with anyio.move_on_after(0.002):
+                await watch.handled.wait()
+        await watch.recovered.wait()
+    return watch.recovered_at - t0, watch.handled_at - t0
+
+
+async def recovery(url: str, params: Params) -> dict[str, Any]:
+    """Link lost -> subscriber consuming again: an RPC server's link is cut ``cuts`` times.
+
+    The server connects through a forwarder (``bench_proxy``); the caller connects directly and
+    keeps sending RPCs until the server's subscriber handles one. Measured twice: with the
+    default reconnect backoff (the first retry waits 0.25-0.5 s, jittered) and with
+    ``reconnect_max_delay=0`` (no backoff: detection, reconnect, handshake, re-declare and
+    re-consume only).
+    """
+    from urllib.parse import urlsplit
+
+    cuts = params["cuts"]
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port
+    assert host is not None
+    assert port is not None
+    out: dict[str, Any] = {}
+    async with forwarder(host, port) as proxy:
+        for label, options in (("", {}), ("fast_", {"reconnect_max_delay": 0.0})):
+            tag = unique("recovery")
+            watch = _LinkWatch()
+            recovered: list[float] = []
+            handled: list[float] = []
+            async with (
+                _communicator(proxy.url(), params, tag, **options) as server,
+                _communicator(url, params, tag) as caller,
+            ):
+                server.add_connection_listener(watch)
+                ident = await server.add_rpc_subscriber(watch.echo, "echo")
+                for _ in range(10):
+                    await (await caller.rpc_send(ident, -1))
+                with Meter() as m:
+                    for _ in range(cuts):
+                        r, h = await _recover_once(proxy, caller, ident, watch)
+                        recovered.append(r)
+                        handled.append(h)
+                        progress(f"  {label}cut: recovered {r * 1e3:.1f} ms, RPC {h * 1e3:.1f} ms")
+            out[f"{label}recovered_ms"] = percentile(recovered, 50) * 1e3
+            out[f"{label}rpc_ok_ms"] = percentile(handled, 50) * 1e3
+            out[f"{label}rpc_ok_max_ms"] = max(handled) * 1e3
+            out[f"{label}cpu_s"] = m.cpu
+    out["n"] = cuts
+    return out
+
+
 WORKLOADS: dict[str, Callable[[str, Params], Awaitable[dict[str, Any]]]] = {
     "publish": publish,
     "consume": consume,
@@ -322,6 +422,7 @@ WORKLOADS: dict[str, Callable[[str, Params], Awaitable[dict[str, Any]]]] = {
     "rpc_seq": rpc_seq,
     "rpc_par": rpc_par,
     "broadcast": broadcast,
+    "recovery": recovery,
 }
 
 

@@ -1,9 +1,9 @@
-"""Profile kiwi_anyio's publish, consume and task paths with cProfile.
+"""Profile kiwi_anyio's publish, consume, task, 1 MiB and RPC paths with cProfile.
 
 ::
 
     python benchmarks/profile_paths.py [--url URL] [--backend asyncio|trio] [--n N]
-        [--only publish,consume,tasks] [--top 30]
+        [--only publish,consume,tasks,large,rpc_par] [--top 30]
 
 Runs the workloads of ``client_kiwi_anyio.py`` in this process under cProfile (against a
 private broker unless ``--url`` is given) and writes, per workload,
@@ -45,6 +45,8 @@ PROFILES: dict[str, tuple[Runner, dict[str, Any]]] = {
     "publish": (client.publish, {"n": 50_000, "inflight": 100, "size": 100}),
     "consume": (client.consume, {"n": 50_000, "prefetch": 100, "size": 100}),
     "tasks": (client.tasks, {"n": 5_000, "inflight": 100, "prefetch": 100}),
+    "large": (client.large, {"n": 200, "size": 1 << 20, "inflight": 8, "prefetch": 10}),
+    "rpc_par": (client.rpc_par, {"n": 5_000, "inflight": 64}),
 }
 
 

@@ -55,6 +55,7 @@ class Client:
     script: str
     venv: Path
     params: dict[str, Any]
+    src: Path | None = None  # import kiwi_anyio from here (a --baseline snapshot)
 
 
 CLIENTS = [
@@ -187,6 +188,21 @@ WORKLOADS = [
         ),
     ),
     Workload(
+        "recovery",
+        "link cut -> RPC subscriber handling calls again (median of the cuts; default "
+        "backoff, and no backoff)",
+        "recovery",
+        {"cuts": 5},
+        {"cuts": 3},
+        KIWI,
+        (
+            Metric("rpc_ok_ms", "RPC handled again ms", False, "{:,.1f}"),
+            Metric("recovered_ms", "'recovered' event ms", False, "{:,.1f}"),
+            Metric("fast_rpc_ok_ms", "no backoff: RPC handled ms", False, "{:,.1f}"),
+            Metric("fast_recovered_ms", "no backoff: 'recovered' ms", False, "{:,.1f}"),
+        ),
+    ),
+    Workload(
         "memory",
         "RSS growth over task round trips (kiwi_anyio, 100 outstanding)",
         "memory",
@@ -224,8 +240,9 @@ def _available(client: Client) -> str | None:
     return None
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [HERE, *KIWI_SRC]))}
+def _env(src: Path | None = None) -> dict[str, str]:
+    paths = [HERE, *([src] if src else []), *KIWI_SRC]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, paths))}
     env["PYTHONHASHSEED"] = "0"
     env.pop("PYTHONDEVMODE", None)
     return env
@@ -254,7 +271,7 @@ def run_one(
         url,
         json.dumps({**params, **client.params}),
     ]
-    env = _env()
+    env = _env(client.src)
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE
@@ -335,12 +352,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="benchmark kiwi_anyio as committed at this git revision (e.g. HEAD) instead of "
         "the working tree",
     )
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="also run kiwi_anyio as committed at this git revision, as extra columns "
+        "(`kiwi_anyio@REV/asyncio` …) interleaved with the others: a before/after comparison",
+    )
     args = parser.parse_args(argv)
     snapshot: Path | None = None
     if args.rev:
         snapshot = _snapshot(args.rev)
         KIWI_SRC.append(snapshot)
         sys.path.insert(0, str(snapshot))
+    baseline: Path | None = None
+    if args.baseline:
+        baseline = _snapshot(args.baseline)
+        _add_baseline_clients(args.baseline, baseline)
 
     wanted = [p.strip() for p in args.only.split(",") if p.strip()]
 
@@ -350,6 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads = [w for w in WORKLOADS if selected(w.name)]
     with_codec = selected(CODEC)
     client_filter = {c.strip() for c in args.clients.split(",") if c.strip()}
+    if client_filter and args.baseline:  # a filtered kiwi_anyio client keeps its twin
+        client_filter |= {
+            c.name for c in CLIENTS if c.src is not None and _twin_of(c.name) in client_filter
+        }
     if not workloads and not with_codec:
         parser.error(f"no workload matches {args.only!r}")
     if not _python(BENCH_VENV).exists():
@@ -357,11 +388,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     meta = _meta(args)
+    if args.baseline:
+        meta["baseline"] = _git_state(args.baseline)
     try:
         return _main(args, workloads, with_codec, client_filter, meta)
     finally:
-        if snapshot is not None:
-            shutil.rmtree(snapshot, ignore_errors=True)
+        for path in (snapshot, baseline):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _twin_of(name: str) -> str:
+    """``kiwi_anyio@abc123/trio`` -> ``kiwi_anyio/trio``."""
+    head, _, tail = name.partition("/")
+    return f"{head.split('@')[0]}/{tail}"
+
+
+def _add_baseline_clients(rev: str, src: Path) -> None:
+    """``kiwi_anyio@REV/<backend>`` columns, next to each kiwi_anyio client, for ``--baseline``."""
+    label = subprocess.run(
+        ["git", "rev-parse", "--short", rev], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    added: dict[str, str] = {}
+    for name in KIWI:
+        base = CLIENT_BY_NAME[name]
+        twin = dataclasses.replace(
+            base, name=name.replace("kiwi_anyio", f"kiwi_anyio@{label}"), src=src
+        )
+        CLIENTS.insert(CLIENTS.index(base) + 1, twin)
+        CLIENT_BY_NAME[twin.name] = twin
+        added[name] = twin.name
+    for i, w in enumerate(WORKLOADS):
+        clients = [c for name in w.clients for c in (name, added.get(name)) if c]
+        WORKLOADS[i] = dataclasses.replace(w, clients=tuple(clients))
+        WORKLOAD_BY_NAME[w.name] = WORKLOADS[i]
 
 
 def _main(
@@ -555,25 +615,29 @@ def goals(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
         _ge(_ratio(ours, theirs, False), 1.0),
         f"{ours:.3f} ms vs {theirs:.3f} ms" if ours and theirs else "",
     )
-    worst: tuple[float, str] | None = None
-    for w in WORKLOADS:
-        if w.name == "memory" or "kiwi_anyio/trio" not in w.clients:
-            continue
-        m = w.metrics[0]
-        r = _ratio(
-            _median(results, w.name, SUBJECT, m.key),
-            _median(results, w.name, "kiwi_anyio/trio", m.key),
-            m.higher_is_better,
+    for kind in ("throughput", "client CPU"):
+        worst: tuple[float, str] | None = None
+        for w in WORKLOADS:
+            if w.name in ("memory", "recovery") or "kiwi_anyio/trio" not in w.clients:
+                continue
+            picked = (
+                [w.metrics[0]] if kind == "throughput" else [m for m in w.metrics if "cpu" in m.key]
+            )
+            for m in picked:
+                r = _ratio(
+                    _median(results, w.name, SUBJECT, m.key),
+                    _median(results, w.name, "kiwi_anyio/trio", m.key),
+                    m.higher_is_better,
+                )
+                if r is not None and (worst is None or r > worst[0]):
+                    worst = (r, f"{w.name} {m.label}")
+        add(
+            f"trio vs asyncio, worst workload by {kind} (asyncio's advantage)",
+            worst[0] if worst else None,
+            "≤ 1.25",
+            None if worst is None else worst[0] <= 1.25,
+            worst[1] if worst else "",
         )
-        if r is not None and (worst is None or r > worst[0]):
-            worst = (r, f"{w.name} {m.label}")
-    add(
-        "trio vs asyncio, worst workload (asyncio's advantage)",
-        worst[0] if worst else None,
-        "≤ 1.25",
-        None if worst is None else worst[0] <= 1.25,
-        worst[1] if worst else "",
-    )
     growth = _median(results, "memory", SUBJECT, "rss_growth_mib")
     n = _median(results, "memory", SUBJECT, "rss_growth_n")
     note = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import struct
 from typing import Any
 
@@ -10,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import body as pamqp_body
 from pamqp import commands, frame, header
+from pamqp.base import Frame
 
 from kiwi_anyio.exceptions import ProtocolError
+from kiwi_anyio.protocol import _framing
 from kiwi_anyio.protocol._framing import (
     FRAME_BODY,
     FRAME_HEADER,
@@ -390,3 +393,358 @@ def test_server_content_round_trips_through_the_buffer() -> None:
     data = content(2, DELIVER, b"0123456789", PROPS, chunk=4)
     got = _parse(data)
     assert [p for t, _, p in got if t == FRAME_BODY] == [b"0123", b"4567", b"89"]
+
+
+# --------------------------------------------------------------------------- fast paths
+#
+# The per-message frames are decoded and encoded by hand (kiwi_anyio.protocol._framing); the
+# result must be exactly pamqp's: the same classes, the same attribute values and types, the
+# same bytes, and the same errors (anything unusual is left to pamqp).
+
+_SLOTS_OF: dict[type, list[str]] = {}
+
+
+def _state(obj: Any) -> Any:
+    """Everything about a pamqp object: its class, every attribute (value and type)."""
+    if isinstance(obj, header.ContentHeader):
+        return (
+            header.ContentHeader,
+            [(k, v, type(v)) for k, v in vars(obj).items() if k != "properties"],
+            _state(obj.properties),
+        )
+    if isinstance(obj, BadContentHeader):
+        return obj
+    slots = type(obj).__slots__
+    return (
+        type(obj),
+        [(name, getattr(obj, name), type(getattr(obj, name))) for name in slots],
+        {k: v for k, v in vars(obj).items() if k not in slots},
+    )
+
+
+def _pamqp_decode(data: bytes) -> Any:
+    """What pamqp makes of one frame, or the exception it raises."""
+    try:
+        return _state(frame.unmarshal(data)[2])
+    except Exception as exc:
+        return type(exc)
+
+
+def _ours(data: bytes) -> Any:
+    """What the FrameBuffer makes of one frame (an exception type for a ProtocolError)."""
+    fb = FrameBuffer(1 << 20)
+    fb.receive_data(data)
+    try:
+        parsed = fb.next_frame()
+    except ProtocolError:
+        return ProtocolError
+    assert parsed is not None
+    assert fb.buffered == 0
+    return _state(parsed[2])
+
+
+def _shortstr(value: str) -> bytes:
+    raw = value.encode()
+    return bytes([len(raw)]) + raw
+
+
+def _short_text() -> st.SearchStrategy[str]:
+    return st.text(max_size=60).filter(lambda s: len(s.encode()) <= 255) | st.text(
+        st.characters(codec="utf-8"), min_size=60, max_size=255
+    ).map(lambda s: s.encode()[:255].decode(errors="ignore"))
+
+
+@given(
+    consumer_tag=_short_text(),
+    delivery_tag=st.integers(0, 2**64 - 1),
+    bits=st.integers(0, 255),
+    exchange=_short_text(),
+    routing_key=_short_text(),
+    trailing=st.binary(max_size=3),
+    channel=st.integers(1, 65535),
+)
+def test_fast_deliver_is_pamqps(
+    consumer_tag: str,
+    delivery_tag: int,
+    bits: int,
+    exchange: str,
+    routing_key: str,
+    trailing: bytes,
+    channel: int,
+) -> None:
+    payload = (
+        struct.pack(">I", commands.Basic.Deliver.index)
+        + _shortstr(consumer_tag)
+        + struct.pack(">QB", delivery_tag, bits)
+        + _shortstr(exchange)
+        + _shortstr(routing_key)
+        + trailing
+    )
+    data = raw_frame(FRAME_METHOD, channel, payload)
+    ours = _ours(data)
+    assert ours == _pamqp_decode(data)
+    assert ours[0] is commands.Basic.Deliver
+
+
+@pytest.mark.parametrize("method", [commands.Basic.Ack, commands.Basic.Nack])
+@given(delivery_tag=st.integers(0, 2**64 - 1), bits=st.integers(0, 255))
+def test_fast_confirms_are_pamqps(method: type[Frame], delivery_tag: int, bits: int) -> None:
+    payload = struct.pack(">IQB", method.index, delivery_tag, bits)
+    data = raw_frame(FRAME_METHOD, 1, payload)
+    ours = _ours(data)
+    assert ours == _pamqp_decode(data)
+    assert ours[0] is method
+
+
+@pytest.mark.parametrize(
+    "index", [commands.Basic.Deliver.index, commands.Basic.Ack.index, commands.Basic.Nack.index]
+)
+@given(arguments=st.binary(max_size=48))
+def test_fast_method_decoding_of_any_bytes_is_pamqps(index: int, arguments: bytes) -> None:
+    """Truncated, overlong or invalid UTF-8 arguments: the same object or a 502, as pamqp."""
+    data = raw_frame(FRAME_METHOD, 1, struct.pack(">I", index) + arguments)
+    ours = _ours(data)
+    theirs = _pamqp_decode(data)
+    if isinstance(theirs, type):
+        assert ours is ProtocolError
+    else:
+        assert ours == theirs
+
+
+def test_fast_method_does_not_read_into_the_next_frame() -> None:
+    # the Deliver's routing key says 9 bytes; only 2 are in the frame, the rest follows
+    payload = struct.pack(">I", commands.Basic.Deliver.index) + b"\x00" + bytes(9) + b"\x00\x09q1"
+    data = raw_frame(FRAME_METHOD, 1, payload) + body_frame(1, b"x" * 20)
+    fb = FrameBuffer()
+    fb.receive_data(data)
+    method = fb.next_frame()
+    assert method is not None
+    assert _state(method[2]) == _pamqp_decode(raw_frame(FRAME_METHOD, 1, payload))
+    assert fb.next_frame() == (FRAME_BODY, 1, b"x" * 20)
+
+
+_TABLE_VALUES = st.one_of(
+    st.text(max_size=20),
+    st.integers(-(2**63), 2**63 - 1),
+    st.booleans(),
+    st.none(),
+    st.floats(width=32, allow_nan=False, allow_infinity=False),
+)
+_PROPERTIES = st.builds(
+    Properties,
+    content_type=st.none() | _short_text(),
+    content_encoding=st.none() | _short_text(),
+    headers=st.none()
+    | st.dictionaries(st.text(min_size=1, max_size=10), _TABLE_VALUES, max_size=4),
+    delivery_mode=st.none() | st.sampled_from([1, 2]),
+    priority=st.none() | st.integers(0, 255),
+    correlation_id=st.none() | _short_text(),
+    reply_to=st.none() | _short_text(),
+    expiration=st.none() | st.from_regex(r"[0-9]{1,9}", fullmatch=True),
+    message_id=st.none() | _short_text(),
+    timestamp=st.none()
+    | st.integers(0, 2**32 - 1).map(lambda t: datetime.datetime.fromtimestamp(t, datetime.UTC)),
+    message_type=st.none() | _short_text(),
+    user_id=st.none() | _short_text(),
+    app_id=st.none() | _short_text(),
+)
+
+
+@given(properties=_PROPERTIES, body_size=st.integers(0, 2**64 - 1))
+def test_fast_content_header_is_pamqps(properties: Properties, body_size: int) -> None:
+    data = header_frame(3, body_size, properties)
+    ours = _ours(data)
+    assert ours == _pamqp_decode(data)
+    assert ours[0] is header.ContentHeader
+
+
+@given(
+    flags=st.integers(0, 0xFFFF),
+    rest=st.binary(max_size=64),
+    class_weight=st.sampled_from([(60, 0), (0, 7)]),
+)
+def test_fast_content_header_of_any_bytes_is_pamqps(
+    flags: int, rest: bytes, class_weight: tuple[int, int]
+) -> None:
+    """Random flags and property bytes: the same header, or the same BadContentHeader."""
+    payload = struct.pack(">HHQH", *class_weight, 12, flags) + rest
+    data = raw_frame(FRAME_HEADER, 1, payload)
+    ours = _ours(data)
+    try:
+        theirs = _state(frame.unmarshal(data)[2])
+    except Exception as exc:
+        theirs = BadContentHeader(12, str(exc))
+    assert ours == theirs
+
+
+def _header_payload(properties: Properties) -> bytes:
+    return header.ContentHeader(weight=0, body_size=4, properties=properties).marshal()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # decodes, though pamqp would not construct it (validate() refuses it): pamqp's path
+        struct.pack(">HHQHB", 60, 0, 4, 0x1000, 7),
+        _header_payload(Properties(headers={"nested": {"deep": [1, 2.5, "x"]}})),
+        _header_payload(
+            Properties(timestamp=datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC))
+        ),
+        struct.pack(">HHQHQ", 60, 0, 4, 0x0040, 2**40),  # a timestamp in milliseconds
+        struct.pack(">HHQHH", 60, 0, 4, 0x8001, 0) + b"\x03a/b",  # a second flag word
+    ],
+    ids=["delivery-mode-7", "nested-headers", "timestamp", "timestamp-ms", "two-flag-words"],
+)
+def test_fast_content_header_special_values(payload: bytes) -> None:
+    data = raw_frame(FRAME_HEADER, 1, payload)
+    ours = _ours(data)
+    assert ours == _pamqp_decode(data)
+    assert ours[0] is header.ContentHeader
+
+
+def test_fast_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The common frames never reach pamqp's decoder."""
+    data = (
+        content(1, DELIVER, b"abc", Properties(content_type="a/b", delivery_mode=2, headers={}))
+        + method_frame(1, commands.Basic.Ack(delivery_tag=3, multiple=True))
+        + method_frame(1, commands.Basic.Nack(delivery_tag=4, requeue=False))
+    )
+    expected = _parse(data)
+
+    def no_pamqp(_data: bytes) -> Any:
+        raise AssertionError("pamqp was asked")
+
+    monkeypatch.setattr(frame, "unmarshal", no_pamqp)  # the module _framing calls
+    assert [(t, c, _state(p) if t != FRAME_BODY else p) for t, c, p in _parse(data)] == [
+        (t, c, _state(p) if t != FRAME_BODY else p) for t, c, p in expected
+    ]
+
+
+# ----------------------------------------------------------------- fast encoding
+
+
+def _outcome(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+_ODD = st.one_of(st.none(), st.floats(allow_nan=False), st.text(max_size=3))
+
+
+@given(
+    delivery_tag=st.integers(-(2**64), 2**64) | st.booleans() | _ODD,
+    multiple=st.booleans() | st.integers(0, 300) | _ODD,
+    requeue=st.booleans() | st.integers(0, 3) | _ODD,
+    channel=st.integers(0, 65535),
+)
+def test_fast_settlement_encoding_is_pamqps(
+    delivery_tag: Any, multiple: Any, requeue: Any, channel: int
+) -> None:
+    for method in (
+        commands.Basic.Ack(delivery_tag=delivery_tag, multiple=multiple),
+        commands.Basic.Nack(delivery_tag=delivery_tag, multiple=multiple, requeue=requeue),
+        commands.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue),
+    ):
+        assert _outcome(marshal_method, channel, method) == _outcome(frame.marshal, method, channel)
+
+
+def test_fast_settlement_encoding_is_taken() -> None:
+    assert marshal_method(2, commands.Basic.Ack(delivery_tag=9)) == _framing._ACK.pack(
+        1, 2, 13, commands.Basic.Ack.index, 9, 0, 0xCE
+    )
+    assert frame.marshal(commands.Basic.Ack(delivery_tag=9), 2) == marshal_method(
+        2, commands.Basic.Ack(delivery_tag=9)
+    )
+
+
+def _reference_marshal_message(
+    channel: int, method: Frame, properties: Properties, body: bytes, frame_max: int
+) -> bytes:
+    """marshal_message as it was, all pamqp."""
+    content_header = header.ContentHeader(weight=0, body_size=len(body), properties=properties)
+    header_bytes = frame.marshal(content_header, channel)
+    if len(header_bytes) > frame_max:
+        raise ProtocolError(
+            f"message properties need a {len(header_bytes)}-byte header frame; "
+            f"frame_max is {frame_max}",
+            501,
+        )
+    parts = [frame.marshal(method, channel), header_bytes]
+    chunk = frame_max - 8
+    for start in range(0, len(body), chunk):
+        parts.append(body_frame(channel, body[start : start + chunk]))
+    return b"".join(parts)
+
+
+_ODD_PROPERTY = st.one_of(
+    st.integers(-5, 300),
+    st.text(min_size=250, max_size=300),
+    st.binary(max_size=4),
+    st.just(""),
+    st.booleans(),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+
+
+@st.composite
+def _odd_properties(draw: st.DrawFn) -> Properties:
+    """Properties with a few values of a type or range pamqp may refuse."""
+    properties = draw(_PROPERTIES)
+    for name in draw(st.lists(st.sampled_from(Properties.__slots__[:-1]), max_size=2)):
+        setattr(properties, name, draw(_ODD_PROPERTY))
+    return properties
+
+
+@settings(max_examples=300)
+@given(
+    properties=_PROPERTIES | _odd_properties(),
+    exchange=st.from_regex(r"[a-zA-Z0-9_.:-]{0,20}", fullmatch=True),
+    routing_key=_short_text(),
+    mandatory=st.booleans(),
+    body=st.binary(max_size=300) | st.integers(0, 20_000).map(lambda n: bytes(n % 251) * 1),
+    frame_max=st.integers(MIN_FRAME_MAX, 9000) | st.just(131072),
+    channel=st.integers(1, 4),
+)
+def test_fast_message_encoding_is_pamqps(
+    properties: Properties,
+    exchange: str,
+    routing_key: str,
+    mandatory: bool,
+    body: bytes,
+    frame_max: int,
+    channel: int,
+) -> None:
+    method = commands.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory)
+    expected = _outcome(_reference_marshal_message, channel, method, properties, body, frame_max)
+    for _ in range(2):  # a second time: from the Basic.Publish cache
+        assert _outcome(marshal_message, channel, method, properties, body, frame_max) == expected
+
+
+def test_publish_cache_keeps_validating_and_stays_bounded() -> None:
+    method = commands.Basic.Publish(exchange="ex", routing_key="rk")
+    first = marshal_message(1, method, Properties(), b"x", MIN_FRAME_MAX)
+    method.exchange = "not|valid"  # changed after construction: pamqp's marshal refuses it
+    with pytest.raises(ValueError, match="exchange"):
+        marshal_message(1, method, Properties(), b"x", MIN_FRAME_MAX)
+    method.exchange = "ex"
+    method.ticket = 5
+    with pytest.raises(ValueError, match="ticket"):
+        marshal_message(1, method, Properties(), b"x", MIN_FRAME_MAX)
+    method.ticket = 0
+    for i in range(3000):
+        key = commands.Basic.Publish(exchange="ex", routing_key=f"rk{i}")
+        assert marshal_message(1, key, Properties(), b"", MIN_FRAME_MAX) == (
+            _reference_marshal_message(1, key, Properties(), b"", MIN_FRAME_MAX)
+        )
+    assert len(_framing._publish_frames) <= _framing._PUBLISH_CACHE_SIZE
+    assert marshal_message(1, method, Properties(), b"x", MIN_FRAME_MAX) == first
+
+
+def test_large_body_is_one_copy_and_framed_like_pamqp() -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB
+    method = commands.Basic.Publish(exchange="", routing_key="q")
+    assert marshal_message(7, method, PROPS, body, 131072) == _reference_marshal_message(
+        7, method, PROPS, body, 131072
+    )
