@@ -50,6 +50,7 @@ from .exceptions import (
     KiwiError,
     MessageReturned,
     ProtocolError,
+    PublishNacked,
     QueueEmpty,
     TaskRejected,
     UndecodableMessage,
@@ -1069,6 +1070,10 @@ class Communicator:
                 return
             except MessageReturned:
                 raise
+            except PublishNacked as exc:
+                # the broker refused it (a full queue with reject-publish, a quorum queue
+                # without a leader, an internal error): the sender decides whether to retry
+                raise DeliveryFailed(f"cannot send {what}: the broker nacked it") from exc
             except (ChannelClosed, ConnectionClosed) as exc:
                 if self._state not in ("open", "closing" if allow_closing else "open"):
                     raise CommunicatorClosed(

@@ -128,6 +128,9 @@ async def test_failover_loses_no_task_of_a_quorum_queue(cluster: RabbitMQCluster
                 future = await sender.task_send("after the failover")
                 assert future is not None
                 assert await future.wait(20) == "after the failover"
+        except BaseException:
+            print(cluster.log_tail(40))  # shown by pytest when the test fails
+            raise
         finally:
             await delete_queue(cluster.url(first=(victim + 1) % cluster.size), queue_name)
     duplicates = sum(count - 1 for count in handled.values())

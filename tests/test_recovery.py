@@ -427,3 +427,35 @@ async def test_task_send_in_flight_across_broker_restart(
                     await anyio.sleep(0.05)
         finally:
             await delete_queue(broker_url, queue_name)
+
+
+async def test_nacked_task_send_fails_with_delivery_failed(
+    broker_url: str, broker: RabbitMQBroker
+) -> None:
+    """A publish the broker nacks (here: a full queue with ``overflow = reject-publish``; in a
+    cluster also a quorum queue between two leaders) fails the send with DeliveryFailed, the
+    documented error of ``task_send``, not with the protocol's PublishNacked."""
+    options = names()
+    queue_name = f"full-{uuid.uuid4().hex[:10]}"
+    policy = f"full-{queue_name}"
+    await anyio.to_thread.run_sync(
+        lambda: broker.ctl(
+            "set_policy",
+            "--apply-to",
+            "queues",
+            policy,
+            f"^{queue_name}$",
+            '{"max-length": 0, "overflow": "reject-publish"}',
+        )
+    )
+    try:
+        with anyio.fail_after(60):
+            async with kiwi_anyio.connect(broker_url, **options) as sender:
+                queue = sender.task_queue(queue_name)
+                with pytest.raises(DeliveryFailed, match="nack"):
+                    await queue.task_send("no room", no_reply=True)
+                assert sender.is_connected  # the communicator goes on
+                assert await sender.broadcast_send("still here") is True
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: broker.ctl("clear_policy", policy))
