@@ -43,12 +43,20 @@ def rpc_routing_key(identifier: str) -> str:
 _HOST: dict[str, Any] | None = None
 
 
+def _forget_host() -> None:
+    global _HOST
+    _HOST = None
+
+
+if hasattr(os, "register_at_fork"):  # POSIX: a forked child has another pid
+    os.register_at_fork(after_in_child=_forget_host)
+
+
 def host_info() -> dict[str, Any]:
     """kiwiPy's ``host`` entry of task replies (looked up once per process)."""
     global _HOST
-    pid = os.getpid()
-    if _HOST is None or _HOST["pid"] != pid:  # a forked child has another pid
-        _HOST = {"hostname": socket.gethostname(), "pid": pid}
+    if _HOST is None:
+        _HOST = {"hostname": socket.gethostname(), "pid": os.getpid()}
     return dict(_HOST)
 
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
+
+from ._signal import Signal, new_signal
 
 __all__ = ["CancelledError", "Future", "InvalidStateError"]
 
@@ -44,7 +44,6 @@ class Future(Generic[T]):
         "_lock",
         "_loop_thread",
         "_state",
-        "_token",
         "_value",
     )
 
@@ -53,8 +52,7 @@ class Future(Generic[T]):
         self._value: Any = None
         self._exception: BaseException | None = None
         self._callbacks: list[Callable[[Future[T]], object]] = []
-        self._event: anyio.Event | None = None
-        self._token: Any = None
+        self._event: Signal | None = None
         self._loop_thread: int | None = None
         self._lock = threading.Lock()
 
@@ -145,7 +143,7 @@ class Future(Generic[T]):
                 event.set()
             else:
                 try:
-                    anyio.from_thread.run_sync(event.set, token=self._token)
+                    event.set_threadsafe()
                 except RuntimeError:  # the event loop is gone: nobody waits any more
                     pass
         for callback in callbacks:
@@ -153,11 +151,10 @@ class Future(Generic[T]):
 
     # ------------------------------------------------------------ waiting
 
-    def _get_event(self) -> anyio.Event:
+    def _get_event(self) -> Signal:
         with self._lock:
             if self._event is None:
-                self._event = anyio.Event()
-                self._token = anyio.lowlevel.current_token()
+                self._event = new_signal()
                 self._loop_thread = threading.get_ident()
                 if self._state != _PENDING:
                     self._event.set()

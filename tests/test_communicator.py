@@ -28,6 +28,7 @@ from kiwi_anyio import (
     TaskRejected,
     UnroutableError,
 )
+from kiwi_anyio.communicator import HANDLER_POOL_KEEP
 from kiwi_anyio.protocol import Properties
 from kiwi_anyio.protocol import connect as amqp_connect
 from kiwi_anyio.testing.pytest_plugin import private_names
@@ -534,6 +535,34 @@ async def test_prefetch_limits_concurrent_tasks(url: str, comm_options: dict[str
             futures = [await comm.task_send(i) for i in range(12)]
             assert [await f for f in futures if f is not None] == list(range(12))
     assert peak == 3
+
+
+async def test_many_rpc_calls_run_concurrently_and_again_later(
+    comm: kiwi_anyio.Communicator,
+) -> None:
+    """More concurrent requests than the consumer keeps parked handlers for all run at
+    once (none waits for another to finish), and a second burst is served the same way."""
+    calls = HANDLER_POOL_KEEP + 72
+    arrived = 0
+    all_in = anyio.Event()
+
+    async def gather(_comm: Any, msg: int) -> int:
+        nonlocal arrived
+        arrived += 1
+        if arrived == calls:
+            all_in.set()
+        await all_in.wait()  # returns only once every call of the burst is running
+        return msg
+
+    with anyio.fail_after(TIMEOUT):
+        identifier = f"gather-{uuid.uuid4().hex[:8]}"
+        await comm.add_rpc_subscriber(gather, identifier)
+        for burst in range(2):
+            arrived = 0
+            all_in = anyio.Event()
+            futures = [await comm.rpc_send(identifier, burst * calls + i) for i in range(calls)]
+            expected = [burst * calls + i for i in range(calls)]
+            assert [await f for f in futures] == expected
 
 
 async def test_two_workers_share_tasks_exactly_once(url: str, comm_options: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from pamqp import commands
 from pamqp.base import Frame
 
 from .. import __version__
+from .._signal import Signal, new_signal
 from ..exceptions import (
     AMQPError,
     AuthenticationError,
@@ -86,7 +87,7 @@ class _Slot:
     __slots__ = ("abandoned", "error", "event", "no_ack", "value")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.event = new_signal()
         self.value: Any = None
         self.error: BaseException | None = None
         self.abandoned = False
@@ -900,7 +901,7 @@ class Connection:
         self._background: anyio.CancelScope | None = None  # the reader, writer and heartbeats
         self._channels: dict[int, Channel] = {}
         self._opening: dict[int, _Slot] = {}
-        self._writer_event: anyio.Event | None = None
+        self._writer_event: Signal | None = None
         self._writable = anyio.Event()
         self._writable.set()
         self._closed_event = anyio.Event()
@@ -1018,7 +1019,7 @@ class Connection:
             if not pending:
                 if not self._writable.is_set() and not core.blocked:
                     self._writable.set()
-                event = self._writer_event = anyio.Event()
+                event = self._writer_event = new_signal()
                 await event.wait()
                 continue
             # Let the tasks that are ready run first (a consumer acking a batch, publishers,
