@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "BROKER_PID_ENV",
     "Meter",
     "Unsupported",
     "body_of",
+    "broker_cpu",
     "emit",
     "latency_metrics",
     "main",
@@ -67,8 +69,28 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+BROKER_PID_ENV = "KIWI_BENCH_BROKER_PID"
+
+
+def broker_cpu() -> float | None:
+    """CPU seconds the broker (``$KIWI_BENCH_BROKER_PID``, its ``beam.smp``) used so far.
+
+    None when the runner did not name the broker's process or it cannot be read.
+    """
+    pid = os.environ.get(BROKER_PID_ENV)
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    # fields[0] is the state (field 3): utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Meter:
-    """Wall-clock and CPU time of the measured phase.
+    """Wall-clock and CPU time of the measured phase (and the broker's CPU, when known).
 
     ``with Meter() as m: ...`` then ``m.metrics(n)``; or ``m.start()`` / ``m.stop()``.
     """
@@ -78,6 +100,8 @@ class Meter:
         self.t1 = 0.0
         self.cpu0 = 0.0
         self.cpu1 = 0.0
+        self.broker0: float | None = None
+        self.broker1: float | None = None
 
     @staticmethod
     def _cpu() -> float:
@@ -85,12 +109,14 @@ class Meter:
         return r.ru_utime + r.ru_stime
 
     def start(self) -> None:
+        self.broker0 = broker_cpu()
         self.cpu0 = self._cpu()
         self.t0 = time.perf_counter()
 
     def stop(self) -> None:
         self.t1 = time.perf_counter()
         self.cpu1 = self._cpu()
+        self.broker1 = broker_cpu()
 
     def __enter__(self) -> Meter:
         self.start()
@@ -120,6 +146,10 @@ class Meter:
         }
         if size:
             out[f"{prefix}mib_per_s"] = n * size / seconds / 2**20
+        if self.broker0 is not None and self.broker1 is not None:
+            broker = self.broker1 - self.broker0  # clock ticks: 10 ms resolution
+            out[f"{prefix}broker_cpu_us_per_msg"] = broker / max(n, 1) * 1e6
+            out[f"{prefix}broker_cpu_share"] = broker / seconds
         return out
 
 

@@ -42,6 +42,7 @@ RESULTS = HERE / "results"
 BENCH_VENV = ROOT / ".venv-bench"
 KIWIPY_VENV = ROOT / ".venv-kiwipy"
 RESULT_PREFIX = "RESULT "
+BROKER_PID_ENV = "KIWI_BENCH_BROKER_PID"  # bench_common.BROKER_PID_ENV (read by the clients)
 # Where the clients import kiwi_anyio from: the working tree, or a snapshot (--rev).
 KIWI_SRC: list[Path] = []
 
@@ -97,6 +98,8 @@ class Workload:
 
 THROUGHPUT = Metric("msgs_per_s", "msgs/s", True)
 CPU = Metric("cpu_us_per_msg", "client CPU µs/msg", False, "{:,.1f}")
+# the broker's beam.smp during the client's measured phase (10 ms tick resolution)
+BROKER_CPU = Metric("broker_cpu_us_per_msg", "broker CPU µs/msg", False, "{:,.1f}")
 P50 = Metric("p50_ms", "p50 ms", False, "{:,.2f}")
 P99 = Metric("p99_ms", "p99 ms", False, "{:,.2f}")
 
@@ -117,7 +120,7 @@ WORKLOADS = [
         {"n": 20_000, "inflight": 100, "size": 100, "budget": 60},
         {"n": 10_000},
         PROTOCOL_PEERS,
-        (THROUGHPUT, CPU),
+        (THROUGHPUT, CPU, BROKER_CPU),
     ),
     Workload(
         "consume",
@@ -126,16 +129,16 @@ WORKLOADS = [
         {"n": 20_000, "prefetch": 100, "size": 100},
         {"n": 10_000},
         PROTOCOL_PEERS,
-        (THROUGHPUT, CPU),
+        (THROUGHPUT, CPU, BROKER_CPU),
     ),
     Workload(
         "tasks",
         "task round trips (send → worker → result), 100 outstanding",
         "tasks",
-        {"n": 2_000, "inflight": 100, "prefetch": 100},
+        {"n": 10_000, "inflight": 100, "prefetch": 100},
         {"n": 1_000},
         COMM_PEERS,
-        (THROUGHPUT, CPU, P50),
+        (THROUGHPUT, CPU, BROKER_CPU, P50),
     ),
     Workload(
         "rpc_seq",
@@ -150,10 +153,10 @@ WORKLOADS = [
         "rpc_par",
         "RPC, 64 in flight",
         "rpc_par",
-        {"n": 5_000, "inflight": 64},
+        {"n": 10_000, "inflight": 64},
         {"n": 2_000},
         COMM_PEERS,
-        (THROUGHPUT, CPU),
+        (THROUGHPUT, CPU, BROKER_CPU),
     ),
     Workload(
         "broadcast_1",
@@ -344,6 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", default="", help="comma-separated client names")
     parser.add_argument("--repeat", type=int, default=3, help="runs per client (default 3)")
     parser.add_argument("--url", default="", help="use this broker instead of a private one")
+    parser.add_argument(
+        "--broker-pid",
+        type=int,
+        default=0,
+        help="with --url: the broker's beam.smp process, to report its CPU per message",
+    )
     parser.add_argument("--codec", default="json", choices=("json", "yaml"))
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
     parser.add_argument(
@@ -452,6 +461,11 @@ def _main(
             url = broker.url
             log(f"  broker up at {url} in {broker.last_start_seconds:.1f} s")
             meta["rabbitmq"] = _rabbitmq_version(broker)
+            beam_pid = _beam_pid(broker)
+            if beam_pid:
+                os.environ[BROKER_PID_ENV] = str(beam_pid)
+        elif args.broker_pid:
+            os.environ[BROKER_PID_ENV] = str(args.broker_pid)
         try:
             _run_workloads(workloads, url, args, client_filter, results)
         finally:
@@ -621,7 +635,9 @@ def goals(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
             if w.name in ("memory", "recovery") or "kiwi_anyio/trio" not in w.clients:
                 continue
             picked = (
-                [w.metrics[0]] if kind == "throughput" else [m for m in w.metrics if "cpu" in m.key]
+                [w.metrics[0]]
+                if kind == "throughput"
+                else [m for m in w.metrics if "cpu" in m.key and "broker" not in m.key]
             )
             for m in picked:
                 r = _ratio(
@@ -842,6 +858,14 @@ def _git_state(rev: str) -> str:
     except OSError:
         return "?"
     return (head or "no commit") + (" + uncommitted kiwi_anyio changes" if dirty else "")
+
+
+def _beam_pid(broker: Any) -> int | None:
+    """The private broker's ``beam.smp`` process (its pid file), or None."""
+    try:
+        return int((Path(broker.home) / "beam.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _rabbitmq_version(broker: Any) -> str:

@@ -270,9 +270,14 @@ def _json_default(obj: Any) -> NoReturn:
     )
 
 
+# json.dumps/loads build a new encoder for every call with non-default options
+_JSON_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=_json_default)
+_JSON_DECODER: Final = json.JSONDecoder()
+
+
 def _json_encode(obj: Any) -> bytes:
     try:
-        text = json.dumps(obj, ensure_ascii=False, allow_nan=False, default=_json_default)
+        text = _JSON_ENCODER.encode(obj)
     except ValueError as exc:
         if "JSON compliant" in str(exc):  # NaN or an infinity
             raise ValueError(
@@ -284,7 +289,13 @@ def _json_encode(obj: Any) -> bytes:
 
 def _json_decode(data: bytes) -> Any:
     try:
-        return json.loads(data)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return json.loads(data)  # UTF-16 or UTF-32, which json.loads detects
+        if text.startswith("\ufeff"):  # a UTF-8 byte order mark, as json.loads accepts
+            text = text[1:]
+        return _JSON_DECODER.decode(text)
     except Exception as exc:  # JSONDecodeError, UnicodeDecodeError, RecursionError
         raise _undecodable("JSON", data, exc) from exc
 

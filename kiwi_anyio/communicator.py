@@ -1152,7 +1152,9 @@ class Communicator:
                 generation = self._generation
                 if prepare is not None:
                     await prepare()
-                channel = await self._channel("_publisher", True, allow_closing)
+                channel = self._publisher
+                if channel is None or not channel.is_open:
+                    channel = await self._channel("_publisher", True, allow_closing)
                 if self._generation != generation:
                     continue  # reconnected meanwhile: declare again on the new connection
                 connection = self._connection_
