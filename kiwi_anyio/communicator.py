@@ -589,6 +589,8 @@ class Communicator:
             explicit close never triggers it.
         reconnect_timeout: how long a send waits for a recovery before it fails.
         reconnect_max_delay: the longest pause between reconnection attempts (seconds).
+            The first attempt follows the loss at once (within 50 ms); later ones back off
+            from 0.25 s, doubling, jittered.
         drain_timeout: on leaving ``async with``, stop taking new messages and let the
             subscriber calls in progress finish for up to this many seconds before they are
             cancelled (and their tasks requeued). Default 0: cancel at once.
@@ -806,8 +808,17 @@ class Communicator:
                 else:
                     logger.info("%s: reconnect attempt %d failed: %s", self, attempt, exc)
             attempt += 1
-            delay = min(self.reconnect_max_delay, 0.25 * 2 ** min(attempt, 10))
-            await anyio.sleep(delay * random.uniform(0.5, 1.0))
+            await anyio.sleep(self._reconnect_delay(attempt))
+
+    def _reconnect_delay(self, attempt: int) -> float:
+        """The pause before reconnection attempt ``attempt`` (1, 2, ...): the first comes
+        at once (a blip, a dropped proxy: the broker is most likely still there), within
+        a 50 ms jitter; then 0.25 s, 0.5 s, 1 s ... up to ``reconnect_max_delay``, each
+        jittered down by up to half so that many clients do not come back in step."""
+        if attempt <= 1:
+            return min(self.reconnect_max_delay, 0.05) * random.random()
+        delay = min(self.reconnect_max_delay, 0.25 * 2.0 ** min(attempt - 2, 10))
+        return delay * random.uniform(0.5, 1.0)
 
     async def _wait_consumers_restored(self, connection: Connection) -> None:
         """Wait (bounded) until every consumer consumes again on ``connection``."""
@@ -1039,6 +1050,7 @@ class Communicator:
             with handle.scope:
                 while True:
                     channel: Channel | None = None
+                    connection: Connection | None = None
                     try:
                         connection = await self._wait_connection(math.inf)
                         channel = await open_channel(connection)
@@ -1078,7 +1090,14 @@ class Communicator:
                             raise
                         if self._state != "open":
                             return
-                        lost = self._connection_ is None or not self._connection_.is_open
+                        # lost: our connection dropped (perhaps already replaced by a new
+                        # one); then wait for no backoff, the supervisor reconnects
+                        current = self._connection_
+                        lost = (
+                            connection is None
+                            or connection is not current
+                            or not connection.is_open
+                        )
                         if not lost:
                             failures += 1
                             logger.error("consumer of %s stopped (%s); restarting", what, exc)

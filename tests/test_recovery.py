@@ -459,3 +459,16 @@ async def test_nacked_task_send_fails_with_delivery_failed(
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: broker.ctl("clear_policy", policy))
+
+
+def test_reconnect_backoff_starts_at_once_then_doubles_up_to_the_maximum() -> None:
+    """After a loss the first reconnection attempt comes within 50 ms (a blip should cost
+    milliseconds, not the backoff); later ones back off, jittered, never past the maximum."""
+    comm = kiwi_anyio.Communicator("amqp://localhost", reconnect_max_delay=2.0)
+    for _ in range(200):
+        assert 0.0 <= comm._reconnect_delay(1) <= 0.05
+        assert 0.125 <= comm._reconnect_delay(2) <= 0.25
+        assert 0.25 <= comm._reconnect_delay(3) <= 0.5
+        assert 1.0 <= comm._reconnect_delay(30) <= 2.0
+    no_backoff = kiwi_anyio.Communicator("amqp://localhost", reconnect_max_delay=0.0)
+    assert {no_backoff._reconnect_delay(n) for n in (1, 2, 10)} == {0.0}
