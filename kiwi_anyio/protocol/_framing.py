@@ -375,6 +375,14 @@ def _publish_frame(channel: int, method: Frame) -> bytes:
     return data
 
 
+def cached_publish_frame(
+    channel: int, exchange: str, routing_key: str, mandatory: bool
+) -> bytes | None:
+    """The ``Basic.Publish`` frame for these fields if one was encoded (and so validated)
+    before, else None: the caller can then skip building and validating the method."""
+    return _publish_frames.get((channel, exchange, routing_key, mandatory, False))
+
+
 _get_properties = operator.attrgetter(*Properties.__slots__)
 _PROPERTY_ENCODING: Final = tuple((bit, kind) for bit, _, kind in _PROPERTY_FIELDS)
 _BYTE: Final = tuple(bytes((i,)) for i in range(256))
@@ -432,7 +440,7 @@ def _header_frame(channel: int, body_size: int, properties: Properties) -> bytes
 
 def marshal_message(
     channel: int,
-    method: Frame,
+    method: Frame | bytes,
     properties: commands.Basic.Properties,
     body: bytes,
     frame_max: int,
@@ -440,7 +448,8 @@ def marshal_message(
     """Encode a content-carrying method (e.g. ``Basic.Publish``) with its header and body.
 
     The body is split into frames of at most ``frame_max - 8`` bytes; the whole message comes
-    back as one ``bytes`` so it is written contiguously. The body is copied once.
+    back as one ``bytes`` so it is written contiguously. The body is copied once. ``method``
+    may be the method's encoded frame (from :func:`cached_publish_frame`).
 
     Raises:
         ProtocolError: the content header (e.g. a huge ``headers`` table) would not fit in
@@ -454,7 +463,7 @@ def marshal_message(
             f"frame_max is {frame_max}",
             FRAME_ERROR,
         )
-    method_frame = _publish_frame(channel, method)
+    method_frame = method if isinstance(method, bytes) else _publish_frame(channel, method)
     chunk = frame_max - FRAME_OVERHEAD
     if size <= chunk:
         if not size:

@@ -333,6 +333,25 @@ class Consumer:
         return self._error if self._error is not None else StopAsyncIteration()
 
 
+def _coalesce(parts: list[bytes]) -> list[bytes]:
+    """Join runs of small buffers (fewer system calls); pass large ones on uncopied."""
+    if len(parts) <= 1:
+        return parts
+    chunks: list[bytes] = []
+    run: list[bytes] = []
+    for part in parts:
+        if len(part) >= COALESCE_BYTES:
+            if run:
+                chunks.append(run[0] if len(run) == 1 else b"".join(run))
+                run = []
+            chunks.append(part)
+        else:
+            run.append(part)
+    if run:
+        chunks.append(run[0] if len(run) == 1 else b"".join(run))
+    return chunks
+
+
 def _describe(exc: BaseException) -> str:
     """An exception's message, or its cause's when it has none (anyio's BrokenResourceError)."""
     while not str(exc) and exc.__cause__ is not None:
@@ -1033,15 +1052,15 @@ class Connection:
                 if queued == pending:
                     break
                 pending = queued
-            data = core.data_to_send()
-            if not data:
-                continue
+            chunks = _coalesce(core.data_to_send_parts())
             try:
-                await stream.send(data)
+                for chunk in chunks:
+                    await stream.send(chunk)
             except _STREAM_ERRORS as exc:
                 self._lost(ConnectionClosed(0, f"connection to {self} lost: {exc!r}"))
                 return
-            self._last_send = anyio.current_time()
+            if chunks:
+                self._last_send = anyio.current_time()
 
     async def _run_background(self, scope: anyio.CancelScope) -> None:
         with scope:

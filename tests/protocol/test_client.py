@@ -1178,3 +1178,14 @@ async def test_tls_with_the_wrong_ca(rabbitmq: BrokerInfo, tmp_path: Path) -> No
             async with connect(url):
                 pytest.fail("connected to a server signed by another CA")
         assert "certificate verification" in str(info.value)
+
+
+def test_the_writer_joins_small_buffers_and_passes_large_ones_through() -> None:
+    from kiwi_anyio.protocol.client import COALESCE_BYTES, _coalesce
+
+    big = b"B" * COALESCE_BYTES
+    assert _coalesce([]) == []
+    assert _coalesce([b"a"]) == [b"a"]
+    chunks = _coalesce([b"a", b"b", big, b"c", b"d", b"e", big, big])
+    assert chunks == [b"ab", big, b"cde", big, big]
+    assert chunks[1] is big  # not copied

@@ -743,6 +743,28 @@ def test_publish_without_confirms_has_no_tag() -> None:
     assert broker.sent_names() == ["Basic.Publish", "ContentHeader", "ContentBody"]
 
 
+def test_a_repeated_publish_key_is_sent_byte_for_byte_as_the_first_time() -> None:
+    """The second publish to an (exchange, routing key) reuses the validated method frame:
+    same bytes on the wire as the first, and a bad name is still refused every time."""
+    broker = opened()
+    channel = broker.open_channel()
+    props = Properties(correlation_id="c", delivery_mode=2)
+    broker.conn.publish(channel, "ex-cache", "rk-ü", b"body", props, mandatory=True)
+    first = broker.conn.data_to_send()
+    broker.conn.publish(channel, "ex-cache", "rk-ü", b"body", props, mandatory=True)
+    assert broker.conn.data_to_send() == first
+    method = decode_frames(first)[0][1]
+    assert isinstance(method, commands.Basic.Publish)
+    assert (method.exchange, method.routing_key, method.mandatory) == ("ex-cache", "rk-ü", True)
+    broker.conn.publish(channel, "ex-cache", "rk-ü", b"body", props, mandatory=False)
+    other = decode_frames(broker.conn.data_to_send())[0][1]
+    assert isinstance(other, commands.Basic.Publish) and other.mandatory is False
+    for _ in range(2):
+        with pytest.raises(ValueError, match="routing_key"):
+            broker.conn.publish(channel, "ex-cache", "r" * 256, b"body")
+    assert broker.conn.data_to_send() == b""
+
+
 def test_confirm_tags_start_at_one_per_channel() -> None:
     broker = opened()
     one = broker.open_channel(confirm=True)
@@ -1273,3 +1295,23 @@ def test_many_random_mutations_quickly() -> None:
             pos = rng.randrange(len(data))
             data[pos] = rng.randrange(256)
         _feed_garbage(_busy_connection(), [bytes(data)])
+
+
+def test_data_to_send_parts_keeps_a_large_message_uncopied() -> None:
+    """The parts are the queued buffers themselves (no join of a 1 MiB message with the
+    frames around it) and, concatenated, exactly what data_to_send() would give."""
+    broker = opened()
+    channel = broker.open_channel()
+    broker.conn.publish(channel, "", "q", b"small")
+    broker.conn.publish(channel, "", "q", b"x" * (1 << 20))
+    broker.conn.ack(channel, 1)
+    size = broker.conn.bytes_to_send
+    parts = broker.conn.data_to_send_parts()
+    assert len(parts) == 3
+    assert max(len(p) for p in parts) > 1 << 20
+    assert sum(map(len, parts)) == size
+    assert broker.conn.bytes_to_send == 0
+    assert broker.conn.data_to_send_parts() == []
+    names = [frame_name(f) for _, f in decode_frames(b"".join(parts))]
+    assert names[:3] == ["Basic.Publish", "ContentHeader", "ContentBody"]
+    assert names[-1] == "Basic.Ack"
