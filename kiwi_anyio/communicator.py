@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL: Final = "amqp://guest:guest@127.0.0.1/"
 DEFAULT_TASK_PREFETCH: Final = 1
+DEFAULT_RPC_PREFETCH: Final = 256
 REQUEUE_DELAY: Final = 1.0  # seconds before a task every subscriber rejected is requeued
 SETTLE_TIMEOUT: Final = 5.0  # seconds a finished request may take to be answered and acked
 NEXT_TASK_POLL: Final = 0.05
@@ -577,6 +578,10 @@ class Communicator:
         task_prefetch_size: byte limit of unacknowledged tasks (0: none).
         task_prefetch_count: tasks a worker handles at once (kiwiPy's default 0 means no
             limit; ours is 1).
+        rpc_prefetch_count: RPC calls handled at once per RPC subscriber, and broadcasts
+            taken ahead of their subscribers; more wait in the broker, so a flood of calls
+            cannot exhaust this process's memory. 0: no limit (kiwiPy's behaviour). A
+            subscriber that awaits RPCs to itself needs a limit above its nesting depth.
         encoder: a kiwiPy-style encoder ``obj -> bytes`` (with ``decoder``).
         decoder: a kiwiPy-style decoder ``bytes -> obj``.
         codec: a :class:`~kiwi_anyio.codecs.Codec` instead of encoder/decoder (default:
@@ -610,6 +615,7 @@ class Communicator:
         task_queue: str = wire.TASK_QUEUE,
         task_prefetch_size: int = 0,
         task_prefetch_count: int = DEFAULT_TASK_PREFETCH,
+        rpc_prefetch_count: int = DEFAULT_RPC_PREFETCH,
         encoder: Callable[[Any], bytes] | None = None,
         decoder: Callable[[bytes], Any] | None = None,
         codec: Codec | None = None,
@@ -648,6 +654,7 @@ class Communicator:
         self.task_queue_name = task_queue
         self.task_prefetch_size = task_prefetch_size
         self.task_prefetch_count = task_prefetch_count
+        self.rpc_prefetch_count = rpc_prefetch_count
         self.queue_expires = queue_expires
         self.testing_mode = testing_mode
         self.queue_type = queue_type
@@ -1550,7 +1557,7 @@ class Communicator:
     ) -> Channel:
         """Declare the subscriber's exclusive queue and binding on a new channel."""
         await self._ensure_exchange(self.message_exchange)
-        channel = await connection.channel()
+        channel = await connection.channel(prefetch_count=self.rpc_prefetch_count or None)
         try:
             await channel.queue_declare(
                 queue,
@@ -1686,7 +1693,7 @@ class Communicator:
         queue = self._broadcast_queue
         assert queue is not None
         await self._ensure_exchange(self.message_exchange)
-        channel = await connection.channel()
+        channel = await connection.channel(prefetch_count=self.rpc_prefetch_count or None)
         await channel.queue_declare(
             queue, exclusive=True, arguments={"x-message-ttl": wire.BROADCAST_MESSAGE_TTL}
         )

@@ -517,24 +517,30 @@ async def test_drain_timeout_lets_running_tasks_finish(
     assert sorted(started.items) == [0, 1, 2, 3, 4]  # each ran once
 
 
+class ConcurrencyProbe:
+    """A slow echo subscriber that records how many of its calls ran at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.running = 0
+        self.peak = 0
+
+    async def __call__(self, _comm: Any, msg: Any) -> Any:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        await anyio.sleep(self.seconds)
+        self.running -= 1
+        return msg
+
+
 async def test_prefetch_limits_concurrent_tasks(url: str, comm_options: dict[str, Any]) -> None:
-    running = 0
-    peak = 0
-
-    async def worker(_comm: Any, task: Any) -> Any:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await anyio.sleep(0.05)
-        running -= 1
-        return task
-
+    worker = ConcurrencyProbe(0.05)
     with anyio.fail_after(TIMEOUT):
         async with kiwi_anyio.connect(url, task_prefetch_count=3, **comm_options) as comm:
             await comm.add_task_subscriber(worker)
             futures = [await comm.task_send(i) for i in range(12)]
             assert [await f for f in futures if f is not None] == list(range(12))
-    assert peak == 3
+    assert worker.peak == 3
 
 
 async def test_many_rpc_calls_run_concurrently_and_again_later(
@@ -563,6 +569,21 @@ async def test_many_rpc_calls_run_concurrently_and_again_later(
             futures = [await comm.rpc_send(identifier, burst * calls + i) for i in range(calls)]
             expected = [burst * calls + i for i in range(calls)]
             assert [await f for f in futures] == expected
+
+
+async def test_rpc_prefetch_bounds_the_calls_handled_at_once(
+    url: str, comm_options: dict[str, Any]
+) -> None:
+    """A flood of calls waits in the broker: at most ``rpc_prefetch_count`` are handled at
+    once, and every call is answered."""
+    slow = ConcurrencyProbe(0.02)
+    with anyio.fail_after(TIMEOUT):
+        async with kiwi_anyio.connect(url, rpc_prefetch_count=2, **comm_options) as comm:
+            identifier = f"slow-{uuid.uuid4().hex[:8]}"
+            await comm.add_rpc_subscriber(slow, identifier)
+            futures = [await comm.rpc_send(identifier, i) for i in range(10)]
+            assert [await f for f in futures] == list(range(10))
+    assert slow.peak == 2
 
 
 async def test_two_workers_share_tasks_exactly_once(url: str, comm_options: dict[str, Any]) -> None:
