@@ -289,10 +289,11 @@ def _json_encode(obj: Any) -> bytes:
 
 def _json_decode(data: bytes) -> Any:
     try:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return json.loads(data)  # UTF-16 or UTF-32, which json.loads detects
+        if not isinstance(data, bytes | bytearray) or b"\x00" in data[:4]:
+            # a str, or UTF-16/UTF-32 (which is valid UTF-8 when ASCII): json.loads
+            # detects the encoding as RFC 4627 describes
+            return json.loads(data)
+        text = data.decode("utf-8")
         if text.startswith("\ufeff"):  # a UTF-8 byte order mark, as json.loads accepts
             text = text[1:]
         return _JSON_DECODER.decode(text)

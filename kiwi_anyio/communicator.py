@@ -20,6 +20,7 @@ processes on one broker work together.
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import dataclasses
 import inspect
 import logging
@@ -74,6 +75,7 @@ DEFAULT_RPC_PREFETCH: Final = 256
 REQUEUE_DELAY: Final = 1.0  # seconds before a task every subscriber rejected is requeued
 SETTLE_TIMEOUT: Final = 5.0  # seconds a finished request may take to be answered and acked
 NEXT_TASK_POLL: Final = 0.05
+STABLE_LINK: Final = 5.0  # seconds a link must stay up before the reconnect backoff resets
 HANDLER_POOL_KEEP: Final = 128  # parked handler tasks kept per consumer
 
 Subscriber = Callable[..., Any]
@@ -170,13 +172,24 @@ class _HandlerPool:
 
     async def _work(self, message: Message) -> None:
         handler = self._handler
+        context = contextvars.copy_context()
         while True:
             await handler(message)
             if self._closed or len(self._idle) >= self._keep:
                 return
+            if contextvars.copy_context() != context:
+                return  # the handler set a context variable: the next message gets a clean task
             parked = _ParkedHandler()
             self._idle.append(parked)
-            await parked.signal.wait()
+            try:
+                await parked.signal.wait()
+            except BaseException:  # the group is cancelled
+                if parked in self._idle:
+                    self._idle.remove(parked)
+                handed = parked.message
+                if handed is not None and not handed.settled and handed.channel.is_open:
+                    handed.nack(requeue=True)  # handed over as the cancellation came
+                raise
             if parked.message is None:
                 return
             message = parked.message
@@ -190,15 +203,51 @@ class _ParkedHandler:
         self.message: Message | None = None
 
 
+class _ReconnectBackoff:
+    """The pauses between reconnection attempts.
+
+    The first attempt after a loss comes at once (a blip, a dropped proxy: the broker is
+    most likely still there), within a 50 ms jitter; then 0.25 s, 0.5 s, 1 s ... up to
+    ``max_delay``, each jittered down by up to half so that many clients do not come back
+    in step. Attempts count on across links that drop within ``STABLE_LINK`` seconds of
+    coming up, so a connection the broker keeps closing at once is retried with backoff.
+    """
+
+    def __init__(self, max_delay: float) -> None:
+        self.max_delay = max_delay
+        self.attempts = 0
+        self._up_since: float | None = None
+
+    def connected(self, now: float) -> None:
+        """The link is up."""
+        self._up_since = now
+
+    def lost(self, now: float) -> None:
+        """The link dropped: a link that was stable starts the backoff afresh."""
+        if self._up_since is not None and now - self._up_since >= STABLE_LINK:
+            self.attempts = 0
+        self._up_since = None
+
+    def next_delay(self) -> float:
+        """The pause before the next attempt."""
+        self.attempts += 1
+        if self.attempts == 1:
+            return min(self.max_delay, 0.05) * random.random()
+        delay = min(self.max_delay, 0.25 * 2.0 ** min(self.attempts - 2, 10))
+        return delay * random.uniform(0.5, 1.0)
+
+
 class _ConsumerHandle:
     """A consumer task: cancel its scope and wait for ``done`` to stop it."""
 
-    def __init__(self) -> None:
+    def __init__(self, bound_settles: Callable[[Channel | None], None]) -> None:
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.done_callbacks: list[Callable[[], object]] = []
         self.draining = False
         self.receiving: anyio.CancelScope | None = None
+        self.channel: Channel | None = None  # the channel it consumes on now
+        self._bound_settles = bound_settles
 
     def finished(self) -> None:
         self.done.set()
@@ -207,6 +256,10 @@ class _ConsumerHandle:
 
     async def stop(self) -> None:
         self.scope.cancel()
+        if self.channel is not None:
+            # replies of finished handlers are still sent and acked, within SETTLE_TIMEOUT
+            # (a broker blocking publishing must not block the removal of a subscriber)
+            self._bound_settles(self.channel)
         with anyio.CancelScope(shield=True):
             await self.done.wait()
 
@@ -595,7 +648,8 @@ class Communicator:
         reconnect_timeout: how long a send waits for a recovery before it fails.
         reconnect_max_delay: the longest pause between reconnection attempts (seconds).
             The first attempt follows the loss at once (within 50 ms); later ones back off
-            from 0.25 s, doubling, jittered.
+            from 0.25 s, doubling, jittered; a link that drops within 5 s of coming up goes
+            on backing off instead of starting at once again.
         drain_timeout: on leaving ``async with``, stop taking new messages and let the
             subscriber calls in progress finish for up to this many seconds before they are
             cancelled (and their tasks requeued). Default 0: cancel at once.
@@ -687,7 +741,9 @@ class Communicator:
         self._consumer_handles: set[_ConsumerHandle] = set()
         self._consumers_changed = anyio.Event()
         self._pending: dict[str, Future[Any]] = {}
-        self._settling: set[anyio.CancelScope] = set()  # replies being sent, then acks
+        # replies being sent, then acks: scope -> the request's channel
+        self._settling: dict[anyio.CancelScope, Channel] = {}
+        self._bounded: set[Channel] = set()  # channels whose consumer is being stopped
         self._rpc_subscribers: dict[str, tuple[str, _ConsumerHandle]] = {}
         self._broadcast_subscribers: dict[str, Subscriber] = {}
         self._broadcast_queue: str | None = None
@@ -778,7 +834,8 @@ class Communicator:
     ) -> None:
         """Own the connection: connect, and after an unexpected loss reconnect with
         jittered exponential backoff (rotating hosts) until the communicator closes."""
-        attempt = 0
+        attempt = 0  # attempts since the link was last up (rotates hosts)
+        backoff = _ReconnectBackoff(self.reconnect_max_delay)
         first = True
         while True:
             try:
@@ -788,6 +845,7 @@ class Communicator:
                     self._forget_topology()
                     self._publisher = await connection.channel(publisher_confirms=True)
                     attempt = 0
+                    backoff.connected(anyio.current_time())
                     self._link_up.set()
                     if first:
                         first = False
@@ -812,20 +870,11 @@ class Communicator:
                 if attempt == 0:
                     logger.warning("%s: connection lost (%s); reconnecting", self, exc)
                     self._notify("disconnected", exc)
+                    backoff.lost(anyio.current_time())
                 else:
                     logger.info("%s: reconnect attempt %d failed: %s", self, attempt, exc)
             attempt += 1
-            await anyio.sleep(self._reconnect_delay(attempt))
-
-    def _reconnect_delay(self, attempt: int) -> float:
-        """The pause before reconnection attempt ``attempt`` (1, 2, ...): the first comes
-        at once (a blip, a dropped proxy: the broker is most likely still there), within
-        a 50 ms jitter; then 0.25 s, 0.5 s, 1 s ... up to ``reconnect_max_delay``, each
-        jittered down by up to half so that many clients do not come back in step."""
-        if attempt <= 1:
-            return min(self.reconnect_max_delay, 0.05) * random.random()
-        delay = min(self.reconnect_max_delay, 0.25 * 2.0 ** min(attempt - 2, 10))
-        return delay * random.uniform(0.5, 1.0)
+            await anyio.sleep(backoff.next_delay())
 
     async def _wait_consumers_restored(self, connection: Connection) -> None:
         """Wait (bounded) until every consumer consumes again on ``connection``."""
@@ -1019,7 +1068,7 @@ class Communicator:
         consumer_tag: str = "",
         sequential: bool = False,
     ) -> _ConsumerHandle:
-        handle = _ConsumerHandle()
+        handle = _ConsumerHandle(self._bound_settles)
         assert self._tg is not None
         self._consumer_handles.add(handle)
         handle.done_callbacks.append(lambda: self._consumer_handles.discard(handle))
@@ -1069,6 +1118,7 @@ class Communicator:
                                 started = True
                                 task_status.started()
                             self._consumer_state(handle, connection)
+                            handle.channel = channel
                             failures = 0
                             ended: AMQPError | None = None
                             async with anyio.create_task_group() as handlers:
@@ -1110,9 +1160,12 @@ class Communicator:
                             logger.error("consumer of %s stopped (%s); restarting", what, exc)
                             await anyio.sleep(min(30.0, 0.5 * 2**failures) * random.random())
                     finally:
-                        if channel is not None and channel.is_open:
-                            with anyio.CancelScope(shield=True):
-                                await channel.aclose()
+                        handle.channel = None
+                        if channel is not None:
+                            self._bounded.discard(channel)
+                            if channel.is_open:
+                                with anyio.CancelScope(shield=True):
+                                    await channel.aclose()
         finally:
             self._consumer_state(handle, None)
             handle.finished()
@@ -1279,22 +1332,27 @@ class Communicator:
         with anyio.CancelScope(shield=True) as scope:
             # no deadline while the communicator is open (a broker that blocks publishing
             # delays the reply; giving up would requeue a finished task); closing bounds it
-            if self._state != "open":
+            channel = message.channel
+            if self._state != "open" or channel in self._bounded:
                 scope.deadline = anyio.current_time() + SETTLE_TIMEOUT
-            self._settling.add(scope)
+            self._settling[scope] = channel
             try:
                 if reply is not None:
                     await self._send_reply(message, reply, exchange)
-                if message.channel.is_open:
+                if channel.is_open:
                     message.ack()
             finally:
-                self._settling.discard(scope)
+                del self._settling[scope]
 
-    def _bound_settles(self) -> None:
-        """Closing: give every reply still being settled ``SETTLE_TIMEOUT`` seconds."""
+    def _bound_settles(self, channel: Channel | None = None) -> None:
+        """Closing (or stopping the consumer on ``channel``): give every reply still being
+        settled (on that channel) ``SETTLE_TIMEOUT`` seconds, and those settled later too."""
+        if channel is not None:
+            self._bounded.add(channel)
         deadline = anyio.current_time() + SETTLE_TIMEOUT
-        for scope in self._settling:
-            scope.deadline = min(scope.deadline, deadline)
+        for scope, on in self._settling.items():
+            if channel is None or on is channel:
+                scope.deadline = min(scope.deadline, deadline)
 
     async def _send_reply(self, request: Message, reply: dict[str, Any], exchange: str) -> None:
         reply_to = request.properties.reply_to
@@ -1529,7 +1587,7 @@ class Communicator:
         if identifier in self._rpc_subscribers:
             raise DuplicateSubscriberIdentifier(f"RPC subscriber {identifier!r} already exists")
         queue = f"{self.message_exchange}.rpc.{identifier}"
-        placeholder = _ConsumerHandle()
+        placeholder = _ConsumerHandle(self._bound_settles)
         self._rpc_subscribers[identifier] = (queue, placeholder)
 
         async def open_channel(connection: Connection) -> Channel:

@@ -640,3 +640,14 @@ def test_extra_codecs_must_be_safe() -> None:
     for unsafe in [UNSAFE_PYTHON_YAML, AIIDA_LIKE]:
         with pytest.raises(ValueError, match="unsafe"):
             decoder_for(None, YAML, {unsafe.content_type: unsafe})
+
+
+@pytest.mark.parametrize(
+    "encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"]
+)
+def test_json_decodes_every_encoding_json_loads_accepts(encoding: str) -> None:
+    """RFC 4627 JSON may be UTF-16 or UTF-32 (with or without a byte order mark); plain
+    ASCII in those is also valid UTF-8, so the decoder must not take it for UTF-8."""
+    value = {"a": [1, 2.5, None, "é", "x" * 3], "b": {"c": True}}
+    wire = json.dumps(value, ensure_ascii=False).encode(encoding)
+    assert JSON.decode(wire) == json.loads(wire) == value

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -584,6 +585,32 @@ async def test_rpc_prefetch_bounds_the_calls_handled_at_once(
             futures = [await comm.rpc_send(identifier, i) for i in range(10)]
             assert [await f for f in futures] == list(range(10))
     assert slow.peak == 2
+
+
+REQUEST: ContextVar[int | None] = ContextVar("REQUEST", default=None)
+
+
+async def test_a_context_variable_set_by_a_subscriber_does_not_reach_the_next_call(
+    comm: kiwi_anyio.Communicator,
+) -> None:
+    """Each request starts from the consumer's context, as if in a task of its own, even
+    though handler tasks are reused."""
+
+    async def tag(_comm: Any, msg: int) -> int | None:
+        seen = REQUEST.get()
+        REQUEST.set(msg)  # never reset, as a logging or tracing middleware might do
+        return seen
+
+    with anyio.fail_after(TIMEOUT):
+        identifier = f"ctx-{uuid.uuid4().hex[:8]}"
+        await comm.add_rpc_subscriber(tag, identifier)
+        seen = [await (await comm.rpc_send(identifier, i)) for i in range(6)]
+        await comm.add_task_subscriber(tag)
+        for i in range(6):
+            future = await comm.task_send(i)
+            assert future is not None
+            seen.append(await future)
+    assert seen == [None] * 12
 
 
 async def test_two_workers_share_tasks_exactly_once(url: str, comm_options: dict[str, Any]) -> None:

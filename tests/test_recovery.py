@@ -14,6 +14,7 @@ import pytest
 
 import kiwi_anyio
 from kiwi_anyio import ConnectionClosed, DeliveryFailed, Future
+from kiwi_anyio.communicator import SETTLE_TIMEOUT, STABLE_LINK, _ReconnectBackoff
 from kiwi_anyio.testing.rabbitmq import RabbitMQBroker
 from tests.proxy import TaskStream, run_proxy
 
@@ -464,11 +465,83 @@ async def test_nacked_task_send_fails_with_delivery_failed(
 def test_reconnect_backoff_starts_at_once_then_doubles_up_to_the_maximum() -> None:
     """After a loss the first reconnection attempt comes within 50 ms (a blip should cost
     milliseconds, not the backoff); later ones back off, jittered, never past the maximum."""
-    comm = kiwi_anyio.Communicator("amqp://localhost", reconnect_max_delay=2.0)
     for _ in range(200):
-        assert 0.0 <= comm._reconnect_delay(1) <= 0.05
-        assert 0.125 <= comm._reconnect_delay(2) <= 0.25
-        assert 0.25 <= comm._reconnect_delay(3) <= 0.5
-        assert 1.0 <= comm._reconnect_delay(30) <= 2.0
-    no_backoff = kiwi_anyio.Communicator("amqp://localhost", reconnect_max_delay=0.0)
-    assert {no_backoff._reconnect_delay(n) for n in (1, 2, 10)} == {0.0}
+        backoff = _ReconnectBackoff(2.0)
+        backoff.lost(100.0)
+        delays = [backoff.next_delay() for _ in range(30)]
+        assert 0.0 <= delays[0] <= 0.05
+        assert 0.125 <= delays[1] <= 0.25
+        assert 0.25 <= delays[2] <= 0.5
+        assert all(1.0 <= d <= 2.0 for d in delays[5:])
+    no_backoff = _ReconnectBackoff(0.0)
+    assert {no_backoff.next_delay() for _ in range(10)} == {0.0}
+
+
+def test_a_link_that_keeps_dropping_at_once_is_retried_with_backoff() -> None:
+    """A broker (or proxy) that closes every new connection right after the handshake is
+    not hammered: the backoff carries over links shorter than STABLE_LINK, and starts
+    afresh after a link that stayed up."""
+    backoff = _ReconnectBackoff(30.0)
+    now = 0.0
+    delays = []
+    for _ in range(6):  # up, dropped 0.1 s later, reconnect ...
+        backoff.connected(now)
+        now += 0.1
+        backoff.lost(now)
+        delays.append(backoff.next_delay())
+        now += delays[-1]
+    assert delays[0] <= 0.05
+    assert all(later >= 0.125 for later in delays[1:])
+    assert delays[-1] >= 2.0  # 0.25 * 2**4, jittered down by at most half
+    backoff.connected(now)
+    backoff.lost(now + STABLE_LINK)
+    assert backoff.next_delay() <= 0.05
+
+
+async def test_removing_a_subscriber_while_the_broker_blocks_publishing_is_bounded(
+    broker_url: str, broker: RabbitMQBroker
+) -> None:
+    """A worker finishes while RabbitMQ blocks publishers (a memory alarm): its reply cannot
+    go out, yet removing the subscriber returns within SETTLE_TIMEOUT instead of waiting for
+    the alarm to clear; the task is not acknowledged, so it is not lost."""
+    options = names()
+    queue_name = f"blocked-{uuid.uuid4().hex[:10]}"
+    started = anyio.Event()
+    release = anyio.Event()
+
+    async def worker(_comm: Any, task: str) -> str:
+        started.set()
+        await release.wait()
+        return task
+
+    def alarm(on: bool) -> None:
+        broker.ctl("set_vm_memory_high_watermark", "0" if on else "0.4")
+
+    try:
+        with anyio.fail_after(60):
+            async with (
+                kiwi_anyio.connect(broker_url, **options) as sender,
+                kiwi_anyio.connect(broker_url, **options) as worker_comm,
+            ):
+                queue = worker_comm.task_queue(queue_name)
+                identifier = await queue.add_task_subscriber(worker)
+                future = await sender.task_queue(queue_name).task_send("work")
+                assert future is not None
+                await started.wait()
+                await anyio.to_thread.run_sync(alarm, True)
+                try:
+                    release.set()
+                    await anyio.sleep(0.2)  # the reply is stuck behind the alarm
+                    start = anyio.current_time()
+                    await queue.remove_task_subscriber(identifier)
+                    assert anyio.current_time() - start < SETTLE_TIMEOUT + 2
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(alarm, False)
+                # not lost: the stuck reply goes out now, or the task (never acknowledged)
+                # is handled again by the next worker
+                await queue.add_task_subscriber(worker)
+                assert await future.wait(20) == "work"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await delete_queue(broker_url, queue_name)
