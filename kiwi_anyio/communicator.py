@@ -508,6 +508,7 @@ class TaskQueue:
 
     async def _on_task(self, message: Message) -> None:
         comm = self._comm
+        handed_off = False  # to a confirm callback, which acks
         try:
             try:
                 task, no_reply = wire.decode_task(comm._decode(message))
@@ -531,7 +532,7 @@ class TaskQueue:
                     reply = wire.exception_reply(exc, with_host=True)
                 else:
                     reply = wire.result_reply(result, with_host=True)
-                await comm._settle(message, None if no_reply else reply, self.exchange)
+                handed_off = await comm._settle(message, None if no_reply else reply, self.exchange)
                 return
             # nobody took it: give it back, after a pause so it does not spin
             await anyio.sleep(REQUEUE_DELAY)
@@ -541,7 +542,7 @@ class TaskQueue:
                 "task %s on queue %r not settled: %s", message.delivery_tag, self.name, exc
             )
         finally:
-            if not message.settled and message.channel.is_open:
+            if not handed_off and not message.settled and message.channel.is_open:
                 message.nack(requeue=True)
 
     @asynccontextmanager
@@ -744,6 +745,9 @@ class Communicator:
         # replies being sent, then acks: scope -> the request's channel
         self._settling: dict[anyio.CancelScope, Channel] = {}
         self._bounded: set[Channel] = set()  # channels whose consumer is being stopped
+        # requests whose reply a confirm callback will ack: their channel -> how many
+        self._handed_off: dict[Channel, int] = {}
+        self._handed_off_changed: anyio.Event | None = None
         self._rpc_subscribers: dict[str, tuple[str, _ConsumerHandle]] = {}
         self._broadcast_subscribers: dict[str, Subscriber] = {}
         self._broadcast_queue: str | None = None
@@ -1165,6 +1169,7 @@ class Communicator:
                             self._bounded.discard(channel)
                             if channel.is_open:
                                 with anyio.CancelScope(shield=True):
+                                    await self._wait_handed_off(channel)
                                     await channel.aclose()
         finally:
             self._consumer_state(handle, None)
@@ -1325,10 +1330,24 @@ class Communicator:
             raise
         return future
 
-    async def _settle(self, message: Message, reply: dict[str, Any] | None, exchange: str) -> None:
-        """Send the final reply, then acknowledge: shielded, so a request whose handling
-        finished is answered and acked even when the communicator is closing (a request
-        cancelled mid-handling is requeued instead; nothing is done twice)."""
+    async def _settle(
+        self,
+        message: Message,
+        reply: dict[str, Any] | None,
+        exchange: str,
+        *,
+        nowait: bool = True,
+    ) -> bool:
+        """Send the final reply, then acknowledge.
+
+        Returns True when that was handed off: the reply is queued and a confirm callback
+        acks the request (:meth:`_settle_nowait`; the consumer's channel stays open until it
+        has, see :meth:`_wait_handed_off`). Else it was done here, shielded, so a request
+        whose handling finished is answered and acked even when the communicator is closing
+        (a request cancelled mid-handling is requeued instead; nothing is done twice).
+        """
+        if nowait and self._settle_nowait(message, reply, exchange):
+            return True
         with anyio.CancelScope(shield=True) as scope:
             # no deadline while the communicator is open (a broker that blocks publishing
             # delays the reply; giving up would requeue a finished task); closing bounds it
@@ -1343,6 +1362,95 @@ class Communicator:
                     message.ack()
             finally:
                 del self._settling[scope]
+        return False
+
+    def _settle_nowait(self, message: Message, reply: dict[str, Any] | None, exchange: str) -> bool:
+        """The common case of :meth:`_settle` without a task switch or a cancel scope:
+        queue the reply on the open publisher channel and ack the request from the
+        confirm callback. False: take the slow path (closing, a blocked broker, a reply
+        that cannot be encoded or sent as it is, no publisher channel)."""
+        channel = message.channel
+        if self._state != "open" or channel in self._bounded or not channel.is_open:
+            return False
+        if reply is None:
+            message.ack()
+            return True
+        publisher = self._publisher
+        reply_to = message.properties.reply_to
+        if publisher is None or not publisher.is_open or not reply_to:
+            return False
+        try:
+            body = self._codec.encode(reply)
+        except (TypeError, ValueError):
+            return False  # the slow path sends the encoding error instead
+        properties = Properties(
+            content_type=self._codec.content_type,
+            correlation_id=message.properties.correlation_id,
+        )
+        handed = self._handed_off
+
+        def confirmed(error: BaseException | None) -> None:
+            if error is not None and channel.is_open and not message.settled:
+                if self._tg is not None and self._state == "open":
+                    # the publisher channel failed under it (an exchange deleted, a nack):
+                    # the slow path resends (after a recovery too), then acks
+                    logger.info("sending the reply to %r again: %s", reply_to, error)
+                    self._tg.start_soon(self._settle_again, message, reply, exchange)
+                    return  # still handed off: _settle_again forgets it
+                message.nack(requeue=True)
+            elif error is None and channel.is_open and not message.settled:
+                message.ack()
+            self._forget_handed_off(channel)
+
+        handed[channel] = handed.get(channel, 0) + 1
+        try:
+            publisher.publish_nowait(
+                body,
+                exchange=exchange,
+                routing_key=reply_to,
+                properties=properties,
+                on_confirm=confirmed,
+            )
+        except (anyio.WouldBlock, AMQPError, ValueError):
+            # blocked, too large, a closed channel: the slow path copes
+            self._forget_handed_off(channel)
+            return False
+        except BaseException:
+            self._forget_handed_off(channel)
+            raise
+        return True
+
+    def _forget_handed_off(self, channel: Channel) -> None:
+        handed = self._handed_off
+        count = handed[channel] - 1
+        if count:
+            handed[channel] = count
+            return
+        del handed[channel]
+        changed = self._handed_off_changed
+        if changed is not None:
+            changed.set()
+
+    async def _settle_again(self, message: Message, reply: dict[str, Any], exchange: str) -> None:
+        """A handed-off reply failed: send it the slow way (then ack), or requeue."""
+        try:
+            await self._settle(message, reply, exchange, nowait=False)
+        except KiwiError as exc:
+            logger.warning("request %s not answered: %s", message.delivery_tag, exc)
+            if not message.settled and message.channel.is_open:
+                message.nack(requeue=True)
+        finally:
+            self._forget_handed_off(message.channel)
+
+    async def _wait_handed_off(self, channel: Channel) -> None:
+        """Before a consumer's channel closes: wait (up to SETTLE_TIMEOUT) until the replies
+        handed to confirm callbacks have acked their requests."""
+        with anyio.move_on_after(SETTLE_TIMEOUT):
+            while channel in self._handed_off:
+                changed = self._handed_off_changed
+                if changed is None or changed.is_set():
+                    changed = self._handed_off_changed = anyio.Event()
+                await changed.wait()
 
     def _bound_settles(self, channel: Channel | None = None) -> None:
         """Closing (or stopping the consumer on ``channel``): give every reply still being
@@ -1667,6 +1775,7 @@ class Communicator:
                     await self.remove_rpc_subscriber(ident)
 
     async def _on_rpc(self, subscriber: Subscriber, message: Message) -> None:
+        handed_off = False  # to a confirm callback, which acks
         try:
             try:
                 msg = self._decode(message)
@@ -1685,11 +1794,11 @@ class Communicator:
                 reply = wire.exception_reply(exc)
             else:
                 reply = wire.result_reply(result)
-            await self._settle(message, reply, self.message_exchange)
+            handed_off = await self._settle(message, reply, self.message_exchange)
         except KiwiError as exc:  # the link dropped, or the communicator closes
             logger.warning("RPC %s not answered: %s", message.delivery_tag, exc)
         finally:
-            if not message.settled and message.channel.is_open:
+            if not handed_off and not message.settled and message.channel.is_open:
                 message.nack(requeue=True)
 
     # ------------------------------------------------------------ broadcasts

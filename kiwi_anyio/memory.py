@@ -1373,6 +1373,41 @@ class MemoryChannel:
         if not isinstance(body, bytes | bytearray | memoryview):
             raise TypeError(f"the body must be bytes, not {type(body).__name__}")
         await anyio.lowlevel.checkpoint()
+        self._publish_now(body, exchange, routing_key, properties, mandatory)
+
+    def publish_nowait(
+        self,
+        body: bytes,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        properties: Properties | None = None,
+        mandatory: bool = False,
+        on_confirm: Callable[[BaseException | None], object],
+    ) -> None:
+        """:meth:`basic_publish` without waiting: ``on_confirm(error)`` is called before
+        this returns (``error`` None, or what ``basic_publish`` would have raised).
+
+        Raises:
+            ChannelClosed: the channel is closed.
+        """
+        methods.Basic.Publish(exchange=exchange, routing_key=routing_key)
+        self._check()
+        try:
+            self._publish_now(body, exchange, routing_key, properties, mandatory)
+        except (ChannelClosed, MessageReturned) as exc:
+            on_confirm(exc)
+        else:
+            on_confirm(None)
+
+    def _publish_now(
+        self,
+        body: bytes | bytearray | memoryview,
+        exchange: str,
+        routing_key: str,
+        properties: Properties | None,
+        mandatory: bool,
+    ) -> None:
         self._check()
         data = bytes(body)
         props = properties if properties is not None else Properties()

@@ -22,7 +22,7 @@ import logging
 import math
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, Self
@@ -117,6 +117,27 @@ class _Slot:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+class _CallbackSlot:
+    """A confirm slot that calls back (in the reader) instead of waking a task."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[BaseException | None], object]) -> None:
+        self.callback = callback
+
+    def set(self, value: Any) -> None:
+        self._call(None)
+
+    def fail(self, error: BaseException) -> None:
+        self._call(error)
+
+    def _call(self, error: BaseException | None) -> None:
+        try:
+            self.callback(error)
+        except Exception:  # it must not take the reader down
+            logger.exception("publish confirm callback %r raised", self.callback)
 
 
 class Message:
@@ -394,7 +415,7 @@ class Channel:
         # no_ack consumers until their CancelOk: a late delivery to one is dropped, as
         # rejecting an unknown delivery tag would make the broker close the channel (406)
         self._no_ack_tags: set[str] = set()
-        self._confirms: dict[int, _Slot] = {}
+        self._confirms: dict[int, _Slot | _CallbackSlot] = {}
         self._returned: dict[int, MessageReturned] = {}
         self._closed: ChannelClosed | None = None
         self._closed_event = anyio.Event()
@@ -425,8 +446,8 @@ class Channel:
         for slot in self._waiters:
             slot.fail(error)
         self._waiters.clear()
-        for slot in self._confirms.values():
-            slot.fail(error)
+        for confirm in list(self._confirms.values()):
+            confirm.fail(error)
         self._confirms.clear()
         for consumer in self._consumers.values():
             consumer._fail(error)
@@ -827,6 +848,40 @@ class Channel:
             if slot.abandoned:
                 self._confirms.pop(tag, None)
                 self._returned.pop(tag, None)
+
+    def publish_nowait(
+        self,
+        body: bytes,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        properties: Properties | None = None,
+        mandatory: bool = False,
+        on_confirm: Callable[[BaseException | None], object],
+    ) -> None:
+        """Queue a message and return at once; ``on_confirm(error)`` runs when the broker
+        confirmed it (``error`` None) or did not (``PublishNacked``, ``MessageReturned``, or
+        the ``ChannelClosed`` that ended the channel first). Without confirm mode it is
+        called at once. The callback runs in the connection's reader: keep it short.
+
+        Raises:
+            anyio.WouldBlock: the broker has blocked the connection, or too much is unsent
+                (use :meth:`basic_publish`, which waits).
+            ChannelClosed: the channel is closed.
+            ProtocolError: the message is too large, or its properties do not fit a frame.
+        """
+        connection = self._connection
+        if connection._core.blocked or connection._core.bytes_to_send > WRITE_HIGH_WATER:
+            raise anyio.WouldBlock
+        self._check()
+        tag = self._core.publish(
+            self.number, exchange, routing_key, body, properties, mandatory=mandatory
+        )
+        connection._wake_writer()
+        if tag is None:
+            on_confirm(None)
+        else:
+            self._confirms[tag] = _CallbackSlot(on_confirm)
 
     async def flow(self, active: bool) -> bool:
         """Ask the broker to pause or resume deliveries (``Channel.Flow``)."""

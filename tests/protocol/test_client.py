@@ -776,6 +776,55 @@ async def test_nacked_publish(broker_url: str) -> None:
             await ch.basic_publish(b"fits again", routing_key=queue)  # confirms still line up
 
 
+async def test_publish_nowait_reports_every_outcome_to_its_callback(broker_url: str) -> None:
+    """publish_nowait returns at once; its callback gets None once confirmed, the nack,
+    the return of an unroutable mandatory message, or the error that closed the channel;
+    a callback that raises does not take the connection down."""
+    with anyio.fail_after(TIMEOUT):
+        async with session(broker_url, publisher_confirms=True) as (conn, ch):
+            outcomes: dict[str, BaseException | None] = {}
+            changed = anyio.Event()
+
+            def record(name: str) -> Callable[[BaseException | None], None]:
+                def callback(error: BaseException | None) -> None:
+                    nonlocal changed
+                    outcomes[name] = error
+                    changed.set()
+                    changed = anyio.Event()
+
+                return callback
+
+            async def outcome(name: str) -> BaseException | None:
+                while name not in outcomes:
+                    await changed.wait()
+                return outcomes[name]
+
+            overflow = {"x-max-length": 1, "x-overflow": "reject-publish"}
+            queue = await declare(ch, "", exclusive=True, arguments=overflow)
+
+            def explode(_error: BaseException | None) -> None:
+                raise RuntimeError("a broken callback")
+
+            ch.publish_nowait(b"a", routing_key=queue, on_confirm=explode)
+            ch.publish_nowait(b"b", routing_key=queue, on_confirm=record("nacked"))
+            ch.publish_nowait(
+                b"c", routing_key=unique("nowhere"), mandatory=True, on_confirm=record("returned")
+            )
+            assert outcomes == {}  # nothing waited for the broker
+            assert isinstance(await outcome("nacked"), PublishNacked)
+            assert isinstance(await outcome("returned"), MessageReturned)
+            await ch.queue_purge(queue)
+            ch.publish_nowait(b"d", routing_key=queue, on_confirm=record("confirmed"))
+            assert await outcome("confirmed") is None
+            ch.publish_nowait(b"e", exchange=unique("missing"), on_confirm=record("closed"))
+            closed = await outcome("closed")
+            assert isinstance(closed, ChannelClosed) and closed.reply_code == 404
+            with pytest.raises(ChannelClosed):
+                ch.publish_nowait(b"f", routing_key=queue, on_confirm=record("late"))
+            async with conn.channel() as fresh:  # the connection goes on
+                assert (await fresh.queue_declare(queue, passive=True)).message_count == 1
+
+
 async def test_ten_mebibytes_round_trip(broker_url: str) -> None:
     with anyio.fail_after(TIMEOUT):
         body = uuid.uuid4().bytes * (10 * 1024 * 1024 // 16)
