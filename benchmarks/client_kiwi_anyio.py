@@ -343,6 +343,9 @@ class _LinkWatch:
         self.round += 1
 
 
+SETTLED_LINK = 1.2  # seconds: over kiwi_anyio's STABLE_LINK
+
+
 async def _recover_once(
     proxy: Any, caller: kiwi_anyio.Communicator, ident: str, watch: _LinkWatch
 ) -> tuple[float, float]:
@@ -401,6 +404,9 @@ async def recovery(url: str, params: Params) -> dict[str, Any]:
                     await (await caller.rpc_send(ident, -1))
                 with Meter() as m:
                     for _ in range(cuts):
+                        # a link that drops within a second of coming up counts as flapping
+                        # and is retried with backoff: measure the loss of a settled link
+                        await anyio.sleep(SETTLED_LINK)
                         r, h = await _recover_once(proxy, caller, ident, watch)
                         recovered.append(r)
                         handled.append(h)
