@@ -75,6 +75,7 @@ DEFAULT_RPC_PREFETCH: Final = 256
 REQUEUE_DELAY: Final = 1.0  # seconds before a task every subscriber rejected is requeued
 SETTLE_TIMEOUT: Final = 5.0  # seconds a finished request may take to be answered and acked
 NEXT_TASK_POLL: Final = 0.05
+DEFAULT_NACK_RETRY: Final = 30.0  # seconds a nacked publish is sent again
 STABLE_LINK: Final = 1.0  # seconds a link must stay up before the reconnect backoff resets
 HANDLER_POOL_KEEP: Final = 128  # parked handler tasks kept per consumer
 
@@ -431,7 +432,9 @@ class TaskQueue:
 
         Raises:
             CommunicatorClosed: the communicator is closed.
-            DeliveryFailed: the broker did not take the message.
+            DeliveryFailed: the broker did not take the message (a nacked one is sent
+                again for ``nack_retry_timeout`` seconds first: a quorum queue nacks while
+                it elects a new leader).
 
         Cancellation: cancelled before the broker's confirm, the task may or may not have
         been queued, and no future is returned.
@@ -647,6 +650,11 @@ class Communicator:
             redeclare the topology and resume every subscriber. A refused login or an
             explicit close never triggers it.
         reconnect_timeout: how long a send waits for a recovery before it fails.
+        nack_retry_timeout: how long a send the broker nacks is sent again (with backoff)
+            before it fails with ``DeliveryFailed``: a quorum queue nacks for seconds while
+            it elects a new leader after a node went down. 0: fail at the first nack
+            (kiwiPy's behaviour; for a queue with ``overflow=reject-publish`` used as
+            backpressure).
         reconnect_max_delay: the longest pause between reconnection attempts (seconds).
             The first attempt follows the loss at once (within 50 ms); later ones back off
             from 0.25 s, doubling, jittered; a link that drops within 1 s of coming up goes
@@ -680,6 +688,7 @@ class Communicator:
         blocking_backend: str = "asyncio",
         reconnect: bool = True,
         reconnect_timeout: float = 60.0,
+        nack_retry_timeout: float = DEFAULT_NACK_RETRY,
         reconnect_max_delay: float = 30.0,
         drain_timeout: float = 0.0,
         ssl_context: Any = None,
@@ -732,6 +741,7 @@ class Communicator:
         self.reconnect = reconnect
         self.reconnect_timeout = reconnect_timeout
         self.reconnect_max_delay = reconnect_max_delay
+        self.nack_retry_timeout = nack_retry_timeout
         self.drain_timeout = drain_timeout
         self._link_up = anyio.Event()
         self._generation = 0
@@ -745,6 +755,7 @@ class Communicator:
         # replies being sent, then acks: scope -> the request's channel
         self._settling: dict[anyio.CancelScope, Channel] = {}
         self._bounded: set[Channel] = set()  # channels whose consumer is being stopped
+        self._retired: set[Channel] = set()  # publisher channels closing after nacks
         # requests whose reply a confirm callback will ack: their channel -> how many
         self._handed_off: dict[Channel, int] = {}
         self._handed_off_changed: anyio.Event | None = None
@@ -1230,8 +1241,11 @@ class Communicator:
         """
         redeclared = False
         deadline: float | None = None  # of resending: set when the link is first lost
+        nack_deadline: float | None = None  # of resending after nacks
+        nacks = 0
         while True:
             connection = self._connection_
+            channel: Channel | None = None
             try:
                 generation = self._generation
                 if prepare is not None:
@@ -1253,14 +1267,30 @@ class Communicator:
             except MessageReturned:
                 raise
             except PublishNacked as exc:
-                # the broker refused it (a full queue with reject-publish, a quorum queue
-                # without a leader, an internal error): the sender decides whether to retry
+                # the broker refused it: a quorum queue electing a new leader (a fail-over),
+                # an internal error, a full queue with reject-publish. Send it again for a
+                # few seconds with backoff (the first two pass), then give up.
+                now = anyio.current_time()
+                if nack_deadline is None:
+                    nack_deadline = now + self.nack_retry_timeout
+                if now < nack_deadline and self._state == "open":
+                    nacks += 1
+                    logger.info("the broker nacked %s; sending it again", what)
+                    # on a fresh channel: after a quorum queue's leader moved, RabbitMQ 3.10
+                    # went on nacking every publish on a channel that had talked to it
+                    # during the election (for as long as we tried), a new one was fine
+                    if channel is not None:
+                        self._retire_publisher(channel)
+                    await anyio.sleep(min(0.05 * 2**nacks, 1.0))
+                    continue
                 raise DeliveryFailed(f"cannot send {what}: the broker nacked it") from exc
             except (ChannelClosed, ConnectionClosed) as exc:
                 if self._state not in ("open", "closing" if allow_closing else "open"):
                     raise CommunicatorClosed(
                         f"the communicator closed while sending {what}"
                     ) from exc
+                if channel is not None and channel in self._retired:
+                    continue  # we closed that channel (see _retire_publisher): not confirmed
                 lost = connection is None or not connection.is_open
                 if lost and self.reconnect:
                     now = anyio.current_time()
@@ -1279,6 +1309,24 @@ class Communicator:
                     await self._ensure_exchange(exchange)
                     continue
                 raise DeliveryFailed(f"cannot send {what}: {exc}") from exc
+
+    def _retire_publisher(self, channel: Channel) -> None:
+        """Publish on a new channel from now on; close ``channel`` once its confirms are in."""
+        if self._publisher is not channel or self._tg is None:
+            return  # another send retired it already
+        self._publisher = None
+        self._retired.add(channel)
+        self._tg.start_soon(self._close_retired, channel)
+
+    async def _close_retired(self, channel: Channel) -> None:
+        """Close a retired publisher channel after a grace period for its confirms (sends
+        still unconfirmed then are sent again, see :meth:`_publish`)."""
+        try:
+            await anyio.sleep(SETTLE_TIMEOUT)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await channel.aclose()
+            self._retired.discard(channel)
 
     def _forget_exchange(self, exchange: str) -> None:
         self._exchanges.discard(exchange)

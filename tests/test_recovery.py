@@ -14,7 +14,11 @@ import pytest
 
 import kiwi_anyio
 from kiwi_anyio import ConnectionClosed, DeliveryFailed, Future
-from kiwi_anyio.communicator import SETTLE_TIMEOUT, STABLE_LINK, _ReconnectBackoff
+from kiwi_anyio.communicator import (
+    SETTLE_TIMEOUT,
+    STABLE_LINK,
+    _ReconnectBackoff,
+)
 from kiwi_anyio.testing.rabbitmq import RabbitMQBroker
 from tests.proxy import TaskStream, run_proxy
 
@@ -433,10 +437,11 @@ async def test_task_send_in_flight_across_broker_restart(
 async def test_nacked_task_send_fails_with_delivery_failed(
     broker_url: str, broker: RabbitMQBroker
 ) -> None:
-    """A publish the broker nacks (here: a full queue with ``overflow = reject-publish``; in a
-    cluster also a quorum queue between two leaders) fails the send with DeliveryFailed, the
-    documented error of ``task_send``, not with the protocol's PublishNacked."""
-    options = names()
+    """A publish the broker keeps nacking (here: a full queue with ``overflow =
+    reject-publish``) is sent again for ``nack_retry_timeout`` seconds (a quorum queue nacks
+    while it elects a leader), then fails with DeliveryFailed, the documented error of
+    ``task_send``, not with the protocol's PublishNacked; the communicator goes on."""
+    options = {**names(), "nack_retry_timeout": 1.0}
     queue_name = f"full-{uuid.uuid4().hex[:10]}"
     policy = f"full-{queue_name}"
     await anyio.to_thread.run_sync(
@@ -453,8 +458,10 @@ async def test_nacked_task_send_fails_with_delivery_failed(
         with anyio.fail_after(60):
             async with kiwi_anyio.connect(broker_url, **options) as sender:
                 queue = sender.task_queue(queue_name)
+                start = anyio.current_time()
                 with pytest.raises(DeliveryFailed, match="nack"):
                     await queue.task_send("no room", no_reply=True)
+                assert anyio.current_time() - start >= 1.0
                 assert sender.is_connected  # the communicator goes on
                 assert await sender.broadcast_send("still here") is True
     finally:
@@ -544,4 +551,51 @@ async def test_removing_a_subscriber_while_the_broker_blocks_publishing_is_bound
                 assert await future.wait(20) == "work"
     finally:
         with anyio.CancelScope(shield=True):
+            await delete_queue(broker_url, queue_name)
+
+
+async def test_a_nacked_task_is_sent_again_until_the_broker_takes_it(
+    broker_url: str, broker: RabbitMQBroker
+) -> None:
+    """A nack is often transient (a quorum queue electing a leader during a fail-over): the
+    send is repeated, and succeeds once the broker takes the task (here: once a full queue
+    with ``overflow = reject-publish`` has room again)."""
+    options = names()
+    queue_name = f"one-{uuid.uuid4().hex[:10]}"
+    policy = f"one-{queue_name}"
+    await anyio.to_thread.run_sync(
+        lambda: broker.ctl(
+            "set_policy",
+            "--apply-to",
+            "queues",
+            policy,
+            f"^{queue_name}$",
+            '{"max-length": 1, "overflow": "reject-publish"}',
+        )
+    )
+    try:
+        with anyio.fail_after(60):
+            async with kiwi_anyio.connect(broker_url, **options) as comm:
+                queue = comm.task_queue(queue_name)
+                await queue.task_send("first", no_reply=True)  # the queue is full now
+                taken: list[str] = []
+
+                async def make_room() -> None:
+                    await anyio.sleep(0.5)
+                    async with queue.next_task(timeout=5) as task:
+                        assert task is not None
+                        taken.append(task.body)
+                        task.process().set_result(None)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(make_room)
+                    await queue.task_send("second", no_reply=True)  # nacked, then taken
+                async with queue.next_task(timeout=5) as task:
+                    assert task is not None
+                    taken.append(task.body)
+                    task.process().set_result(None)
+                assert taken == ["first", "second"]
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: broker.ctl("clear_policy", policy))
             await delete_queue(broker_url, queue_name)
