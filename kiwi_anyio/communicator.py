@@ -754,7 +754,9 @@ class Communicator:
         self._pending: dict[str, Future[Any]] = {}
         # replies being sent, then acks: scope -> the request's channel
         self._settling: dict[anyio.CancelScope, Channel] = {}
-        self._bounded: set[Channel] = set()  # channels whose consumer is being stopped
+        # channels whose consumer is being stopped -> the deadline of their settles
+        self._bounded: dict[Channel, float] = {}
+        self._close_deadline = math.inf  # of every settle, once closing
         self._retired: set[Channel] = set()  # publisher channels closing after nacks
         # requests whose reply a confirm callback will ack: their channel -> how many
         self._handed_off: dict[Channel, int] = {}
@@ -1177,11 +1179,11 @@ class Communicator:
                     finally:
                         handle.channel = None
                         if channel is not None:
-                            self._bounded.discard(channel)
                             if channel.is_open:
                                 with anyio.CancelScope(shield=True):
                                     await self._wait_handed_off(channel)
                                     await channel.aclose()
+                            self._bounded.pop(channel, None)
         finally:
             self._consumer_state(handle, None)
             handle.finished()
@@ -1438,17 +1440,22 @@ class Communicator:
         handed = self._handed_off
 
         def confirmed(error: BaseException | None) -> None:
-            if error is not None and channel.is_open and not message.settled:
-                if self._tg is not None and self._state == "open":
-                    # the publisher channel failed under it (an exchange deleted, a nack):
-                    # the slow path resends (after a recovery too), then acks
-                    logger.info("sending the reply to %r again: %s", reply_to, error)
-                    self._tg.start_soon(self._settle_again, message, reply, exchange)
-                    return  # still handed off: _settle_again forgets it
-                message.nack(requeue=True)
-            elif error is None and channel.is_open and not message.settled:
-                message.ack()
-            self._forget_handed_off(channel)
+            forget = True
+            try:
+                if error is not None and channel.is_open and not message.settled:
+                    if self._tg is not None and self._state == "open":
+                        # the publisher channel failed under it (an exchange deleted, a
+                        # nack): the slow path resends (after a recovery too), then acks
+                        logger.info("sending the reply to %r again: %s", reply_to, error)
+                        self._tg.start_soon(self._settle_again, message, reply, exchange)
+                        forget = False  # still handed off: _settle_again forgets it
+                    else:
+                        message.nack(requeue=True)
+                elif error is None and channel.is_open and not message.settled:
+                    message.ack()
+            finally:
+                if forget:
+                    self._forget_handed_off(channel)
 
         handed[channel] = handed.get(channel, 0) + 1
         try:
@@ -1485,15 +1492,21 @@ class Communicator:
             await self._settle(message, reply, exchange, nowait=False)
         except KiwiError as exc:
             logger.warning("request %s not answered: %s", message.delivery_tag, exc)
-            if not message.settled and message.channel.is_open:
-                message.nack(requeue=True)
         finally:
+            if not message.settled and message.channel.is_open:
+                message.nack(requeue=True)  # not answered in time: requeued
             self._forget_handed_off(message.channel)
 
     async def _wait_handed_off(self, channel: Channel) -> None:
-        """Before a consumer's channel closes: wait (up to SETTLE_TIMEOUT) until the replies
-        handed to confirm callbacks have acked their requests."""
-        with anyio.move_on_after(SETTLE_TIMEOUT):
+        """Before a consumer's channel closes: wait (up to SETTLE_TIMEOUT, and no longer than
+        the settles bounded by stopping or closing) until the replies handed to confirm
+        callbacks have acked their requests."""
+        deadline = min(
+            anyio.current_time() + SETTLE_TIMEOUT,
+            self._bounded.get(channel, math.inf),
+            self._close_deadline,
+        )
+        with anyio.CancelScope(deadline=deadline):
             while channel in self._handed_off:
                 changed = self._handed_off_changed
                 if changed is None or changed.is_set():
@@ -1503,9 +1516,11 @@ class Communicator:
     def _bound_settles(self, channel: Channel | None = None) -> None:
         """Closing (or stopping the consumer on ``channel``): give every reply still being
         settled (on that channel) ``SETTLE_TIMEOUT`` seconds, and those settled later too."""
-        if channel is not None:
-            self._bounded.add(channel)
         deadline = anyio.current_time() + SETTLE_TIMEOUT
+        if channel is not None:
+            self._bounded[channel] = min(self._bounded.get(channel, math.inf), deadline)
+        else:
+            self._close_deadline = min(self._close_deadline, deadline)
         for scope, on in self._settling.items():
             if channel is None or on is channel:
                 scope.deadline = min(scope.deadline, deadline)

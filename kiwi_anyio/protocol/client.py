@@ -426,7 +426,13 @@ class Channel:
     @property
     def is_open(self) -> bool:
         """True until the channel is closed (by us or by the broker) or its connection is."""
-        return self._closed is None and self._connection.is_open
+        # the core's state too: a Channel.Close parsed in this read is dispatched (and
+        # marks us closed) only after the events before it, whose handlers ask this
+        return (
+            self._closed is None
+            and self._connection.is_open
+            and self._core.channel_state(self.number) is ChannelState.OPEN
+        )
 
     @property
     def close_reason(self) -> ChannelClosed | None:

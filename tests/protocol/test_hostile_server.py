@@ -528,3 +528,44 @@ async def test_a_body_size_that_lies_then_silence() -> None:
         async with fake_server(handler) as (url, _):
             error = await _run_until_failure(url + "&heartbeat=1", _consume_forever)
             assert isinstance(error, HeartbeatTimeout), error
+
+
+async def test_a_channel_the_broker_closes_in_the_same_read_is_already_closed() -> None:
+    """A read holds a publish confirm on one channel, then the broker's ``Channel.Close`` of
+    another: while the confirm is handled, the other channel already reports that it is
+    not open (an ack sent on it after ``CloseOk`` would make RabbitMQ close the whole
+    connection with 504)."""
+    seen: dict[str, Any] = {}
+
+    async def handler(peer: Peer) -> None:
+        await peer.handshake()
+        publisher = await peer.serve_channel()
+        await peer.expect("Confirm.Select")
+        await peer.method(publisher, commands.Confirm.SelectOk())
+        other = await peer.serve_channel()
+        await peer.expect("Basic.Publish")
+        await peer.send(
+            method_frame(publisher, commands.Basic.Ack(delivery_tag=1)),
+            method_frame(
+                other,
+                commands.Channel.Close(406, "PRECONDITION_FAILED - delivery timed out", 0, 0),
+            ),
+        )
+        await peer.expect("Channel.CloseOk")
+        await peer.expect("Connection.Close")
+        await peer.method(0, commands.Connection.CloseOk())
+
+    with anyio.fail_after(TIMEOUT):
+        async with fake_server(handler) as (url, _), connect(url) as conn:
+            publisher = await conn.channel(publisher_confirms=True)
+            other = await conn.channel()
+            confirmed = anyio.Event()
+
+            def on_confirm(error: BaseException | None) -> None:
+                seen["error"] = error
+                seen["other open"] = other.is_open
+                confirmed.set()
+
+            publisher.publish_nowait(b"x", routing_key="q", on_confirm=on_confirm)
+            await confirmed.wait()
+    assert seen == {"error": None, "other open": False}
