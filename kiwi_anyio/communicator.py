@@ -27,6 +27,7 @@ import logging
 import math
 import random
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
@@ -757,7 +758,9 @@ class Communicator:
         # channels whose consumer is being stopped -> the deadline of their settles
         self._bounded: dict[Channel, float] = {}
         self._close_deadline = math.inf  # of every settle, once closing
-        self._retired: set[Channel] = set()  # publisher channels closing after nacks
+        # publisher channels retired after nacks (weak: a send still waiting on one when it
+        # closes must find it here, however late it wakes up)
+        self._retired: weakref.WeakSet[Channel] = weakref.WeakSet()
         # requests whose reply a confirm callback will ack: their channel -> how many
         self._handed_off: dict[Channel, int] = {}
         self._handed_off_changed: anyio.Event | None = None
@@ -1328,7 +1331,6 @@ class Communicator:
         finally:
             with anyio.CancelScope(shield=True):
                 await channel.aclose()
-            self._retired.discard(channel)
 
     def _forget_exchange(self, exchange: str) -> None:
         self._exchanges.discard(exchange)
