@@ -25,6 +25,7 @@ import dataclasses
 import inspect
 import logging
 import math
+import os
 import random
 import uuid
 import weakref
@@ -96,16 +97,34 @@ class _RequestIds:
     every id (about 3 % of the client's CPU time in a stream of task round trips).
     """
 
-    __slots__ = ("_count", "_prefix")
+    __slots__ = ("__weakref__", "_count", "_prefix")
 
     def __init__(self) -> None:
-        self._prefix = uuid.uuid4().hex[:20]
         self._count = 0
+        self._prefix = ""
+        self.reseed()
+        _ALL_REQUEST_IDS.add(self)
+
+    def reseed(self) -> None:
+        """A new random prefix (a forked child must not repeat its parent's ids)."""
+        self._prefix = uuid.uuid4().hex[:20]
 
     def next_hex(self) -> str:
         """The next id as 32 hex digits."""
         self._count += 1
         return f"{self._prefix}{self._count & 0xFFFFFFFFFFFF:012x}"
+
+
+_ALL_REQUEST_IDS: weakref.WeakSet[_RequestIds] = weakref.WeakSet()
+
+
+def _reseed_request_ids() -> None:
+    for ids in list(_ALL_REQUEST_IDS):
+        ids.reseed()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_reseed_request_ids)
 
 
 def _dashed(hex_id: str) -> str:
@@ -2011,8 +2030,6 @@ def connect(url: str | ConnectionParameters | None = None, **options: Any) -> Co
     ``url`` defaults to the ``KIWI_ANYIO_URL`` environment variable, else kiwiPy's
     ``amqp://guest:guest@127.0.0.1/``. Options are those of :class:`Communicator`.
     """
-    import os
-
     if url is None:
         url = os.environ.get("KIWI_ANYIO_URL") or DEFAULT_URL
     return Communicator(url, **options)

@@ -946,3 +946,19 @@ async def test_throughput_many_tasks_in_flight(url: str, comm_options: dict[str,
                     tg.start_soon(send, i)
             assert time.monotonic() - start < 60
     assert sorted(results) == list(range(1, 501))
+
+
+def test_request_ids_are_unique_and_a_forked_child_gets_new_ones() -> None:
+    """Correlation ids are UUID-4 shaped and never repeat; after fork() the child's ids
+    differ from the parent's (they would otherwise collide in a shared reply queue)."""
+    from kiwi_anyio.communicator import _dashed, _RequestIds, _reseed_request_ids
+
+    ids = _RequestIds()
+    first = [ids.next_hex() for _ in range(1000)]
+    assert len(set(first)) == 1000
+    parsed = uuid.UUID(_dashed(first[0]))
+    assert parsed.version == 4 and str(parsed) == _dashed(first[0])
+    parent_next = ids.next_hex()
+    ids._count -= 1  # as the forked child sees it: same counter
+    _reseed_request_ids()  # what os.register_at_fork runs in the child
+    assert ids.next_hex() != parent_next
