@@ -1439,7 +1439,7 @@ class Communicator:
         """The common case of :meth:`_settle` without a task switch or a cancel scope:
         queue the reply on the open publisher channel and ack the request from the
         confirm callback. False: take the slow path (closing, a blocked broker, a reply
-        that cannot be encoded or sent as it is, no publisher channel)."""
+        too large to send, no publisher channel)."""
         channel = message.channel
         if self._state != "open" or channel in self._bounded or not channel.is_open:
             return False
@@ -1450,15 +1450,7 @@ class Communicator:
         reply_to = message.properties.reply_to
         if publisher is None or not publisher.is_open or not reply_to:
             return False
-        try:
-            body = self._codec.encode(reply)
-        except (TypeError, ValueError):
-            return False  # the slow path sends the encoding error instead
-        properties = Properties(
-            content_type=self._codec.content_type,
-            correlation_id=message.properties.correlation_id,
-        )
-        handed = self._handed_off
+        body, properties = self._encode_reply(message, reply)
 
         def confirmed(error: BaseException | None) -> None:
             forget = True
@@ -1478,7 +1470,7 @@ class Communicator:
                 if forget:
                     self._forget_handed_off(channel)
 
-        handed[channel] = handed.get(channel, 0) + 1
+        self._handed_off[channel] = self._handed_off.get(channel, 0) + 1
         try:
             publisher.publish_nowait(
                 body,
@@ -1546,11 +1538,8 @@ class Communicator:
             if channel is None or on is channel:
                 scope.deadline = min(scope.deadline, deadline)
 
-    async def _send_reply(self, request: Message, reply: dict[str, Any], exchange: str) -> None:
-        reply_to = request.properties.reply_to
-        if not reply_to:
-            logger.warning("cannot reply to message %s: it has no reply_to", request.delivery_tag)
-            return
+    def _encode_reply(self, request: Message, reply: dict[str, Any]) -> tuple[bytes, Properties]:
+        """The body and properties of a reply (an exception reply if it cannot be encoded)."""
         try:
             body = self._codec.encode(reply)
         except (TypeError, ValueError) as exc:
@@ -1559,6 +1548,14 @@ class Communicator:
             content_type=self._codec.content_type,
             correlation_id=request.properties.correlation_id,
         )
+        return body, properties
+
+    async def _send_reply(self, request: Message, reply: dict[str, Any], exchange: str) -> None:
+        reply_to = request.properties.reply_to
+        if not reply_to:
+            logger.warning("cannot reply to message %s: it has no reply_to", request.delivery_tag)
+            return
+        body, properties = self._encode_reply(request, reply)
         what = f"reply to {reply_to!r}"
         try:
             await self._publish(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -237,6 +239,21 @@ async def test_broker_restart(broker_url: str, broker: RabbitMQBroker) -> None:
                 await ch.queue_delete(queue_name)
 
 
+@asynccontextmanager
+async def queue_policy(broker: RabbitMQBroker, queue: str, definition: str) -> AsyncIterator[None]:
+    """A RabbitMQ policy (JSON ``definition``) on ``queue`` for the duration of the block."""
+    name = f"policy-{queue}"
+    pattern = f"^{queue}$"
+    await anyio.to_thread.run_sync(
+        lambda: broker.ctl("set_policy", "--apply-to", "queues", name, pattern, definition)
+    )
+    try:
+        yield
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: broker.ctl("clear_policy", name))
+
+
 async def delete_queue(url: str, queue: str) -> None:
     """Delete a durable queue a test made (shielded: also when the test failed)."""
     with anyio.CancelScope(shield=True), anyio.fail_after(30):
@@ -443,18 +460,7 @@ async def test_nacked_task_send_fails_with_delivery_failed(
     ``task_send``, not with the protocol's PublishNacked; the communicator goes on."""
     options = {**names(), "nack_retry_timeout": 1.0}
     queue_name = f"full-{uuid.uuid4().hex[:10]}"
-    policy = f"full-{queue_name}"
-    await anyio.to_thread.run_sync(
-        lambda: broker.ctl(
-            "set_policy",
-            "--apply-to",
-            "queues",
-            policy,
-            f"^{queue_name}$",
-            '{"max-length": 0, "overflow": "reject-publish"}',
-        )
-    )
-    try:
+    async with queue_policy(broker, queue_name, '{"max-length": 0, "overflow": "reject-publish"}'):
         with anyio.fail_after(60):
             async with kiwi_anyio.connect(broker_url, **options) as sender:
                 queue = sender.task_queue(queue_name)
@@ -464,9 +470,6 @@ async def test_nacked_task_send_fails_with_delivery_failed(
                 assert anyio.current_time() - start >= 1.0
                 assert sender.is_connected  # the communicator goes on
                 assert await sender.broadcast_send("still here") is True
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lambda: broker.ctl("clear_policy", policy))
 
 
 def test_reconnect_backoff_starts_at_once_then_doubles_up_to_the_maximum() -> None:
@@ -562,20 +565,13 @@ async def test_a_nacked_task_is_sent_again_until_the_broker_takes_it(
     with ``overflow = reject-publish`` has room again)."""
     options = names()
     queue_name = f"one-{uuid.uuid4().hex[:10]}"
-    policy = f"one-{queue_name}"
-    await anyio.to_thread.run_sync(
-        lambda: broker.ctl(
-            "set_policy",
-            "--apply-to",
-            "queues",
-            policy,
-            f"^{queue_name}$",
-            '{"max-length": 1, "overflow": "reject-publish"}',
-        )
-    )
+    policy = '{"max-length": 1, "overflow": "reject-publish"}'
     try:
         with anyio.fail_after(60):
-            async with kiwi_anyio.connect(broker_url, **options) as comm:
+            async with (
+                queue_policy(broker, queue_name, policy),
+                kiwi_anyio.connect(broker_url, **options) as comm,
+            ):
                 queue = comm.task_queue(queue_name)
                 await queue.task_send("first", no_reply=True)  # the queue is full now
                 taken: list[str] = []
@@ -596,6 +592,4 @@ async def test_a_nacked_task_is_sent_again_until_the_broker_takes_it(
                     task.process().set_result(None)
                 assert taken == ["first", "second"]
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lambda: broker.ctl("clear_policy", policy))
-            await delete_queue(broker_url, queue_name)
+        await delete_queue(broker_url, queue_name)
