@@ -196,6 +196,12 @@ class AMQPConnection:
             refuses a larger body; a larger delivery is rejected without requeue, its body
             frames are skipped without being buffered, and it is reported as
             :class:`~.events.UndecodableDelivery`.
+
+    Attributes:
+        frames_received: how many complete frames (heartbeats included) have been parsed.
+            A driver judges the peer's liveness on this, not on raw bytes: a peer whose
+            frame-size field is corrupt (or that trickles a huge frame) sends bytes but no
+            frames, and must be found dead all the same.
     """
 
     def __init__(
@@ -241,6 +247,7 @@ class AMQPConnection:
         self.mechanism = ""
         self.blocked = False
         self._buffer = FrameBuffer(MIN_FRAME_MAX)
+        self.frames_received = 0
         self._out: list[bytes] = []
         self._out_size = 0
         self._channels: dict[int, _Channel] = {}
@@ -618,6 +625,7 @@ class AMQPConnection:
                 if parsed is None:
                     break
                 frame_type, channel, payload = parsed
+                self.frames_received += 1
                 if self.state is ConnectionState.CLOSED:
                     break
                 if frame_type == FRAME_METHOD:
@@ -632,7 +640,7 @@ class AMQPConnection:
                 elif frame_type == FRAME_HEADER:
                     assert isinstance(payload, header.ContentHeader | BadContentHeader)
                     self._on_header(channel, payload)
-                else:  # heartbeat: receiving anything already proves the peer is alive
+                else:  # heartbeat: counted in frames_received, which is all it is for
                     assert frame_type == FRAME_HEARTBEAT
         except ProtocolError as exc:
             self._fail(exc.reply_code, str(exc))

@@ -1142,12 +1142,16 @@ class Connection:
             except (anyio.EndOfStream, *_STREAM_ERRORS) as exc:
                 self._lost(ConnectionClosed(0, f"connection to {self} lost: {exc!r}"))
                 return
-            self._last_recv = anyio.current_time()
+            frames = core.frames_received
             try:
                 events = core.receive_data(data)
             except ProtocolError as exc:
                 self._lost(exc)  # connect() still sends the queued Connection.Close
                 return
+            if core.frames_received != frames:
+                # liveness counts complete frames, not bytes: a corrupt frame-size field
+                # (or a peer trickling one huge frame) must not keep a dead link "alive"
+                self._last_recv = anyio.current_time()
             for event in events:
                 self._dispatch(event)
             if core.bytes_to_send:
@@ -1252,6 +1256,8 @@ class Connection:
     # ------------------------------------------------------------ heartbeats
 
     async def _heartbeat(self) -> None:
+        """Send heartbeats every half interval; fail with :class:`HeartbeatTimeout` when no
+        complete frame came for two intervals (bytes that complete no frame do not count)."""
         interval = self._core.heartbeat
         if not interval:
             return
@@ -1264,7 +1270,7 @@ class Connection:
                 self._lost(
                     HeartbeatTimeout(
                         0,
-                        f"no data from {self} for {now - self._last_recv:.1f} s "
+                        f"no complete frame from {self} for {now - self._last_recv:.1f} s "
                         f"(heartbeat {interval} s): the broker is unreachable",
                     )
                 )

@@ -885,6 +885,28 @@ def test_heartbeats_are_ignored() -> None:
     assert [type(e) for e in got] == [ev.Delivery]
 
 
+def test_frames_received_counts_complete_frames_only() -> None:
+    """Liveness is judged on complete frames: bytes of a frame whose size field announces
+    more than ever comes (a corrupt size field, a trickle) are no sign of life."""
+    broker = opened()
+    conn = broker.conn
+    before = conn.frames_received
+    broker.feed(heartbeat_frame() * 2)
+    assert conn.frames_received == before + 2
+    beat = heartbeat_frame()
+    broker.feed(beat[:3])
+    broker.feed(beat[3:7])
+    assert conn.frames_received == before + 2  # incomplete: not counted
+    broker.feed(beat[7:])
+    assert conn.frames_received == before + 3
+    # a body-frame header that announces 100,000 bytes (within frame_max), then heartbeats
+    # that the peer goes on sending: they are swallowed by the announced frame
+    broker.feed(struct.pack(">BHI", FRAME_BODY, 1, 100_000))
+    for _ in range(50):
+        broker.feed(heartbeat_frame())
+    assert conn.frames_received == before + 3
+
+
 def test_heartbeat_frame_is_queued_on_request() -> None:
     broker = opened()
     broker.conn.heartbeat_frame()

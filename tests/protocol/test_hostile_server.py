@@ -31,7 +31,14 @@ from kiwi_anyio.exceptions import (
 )
 from kiwi_anyio.protocol import connect
 
-from .fakes import body_frame, deliver_bytes, header_frame, method_frame, start_method
+from .fakes import (
+    body_frame,
+    deliver_bytes,
+    header_frame,
+    heartbeat_frame,
+    method_frame,
+    start_method,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -405,6 +412,36 @@ async def test_a_silent_server_is_caught_by_heartbeats() -> None:
             error = await _run_until_failure(url + "&heartbeat=1", _idle)
             assert isinstance(error, HeartbeatTimeout), error
             assert anyio.current_time() - start < 5
+
+
+@pytest.mark.parametrize("after_header", ["heartbeats", "trickle", "nothing"])
+async def test_a_corrupt_frame_size_is_caught_by_heartbeats(after_header: str) -> None:
+    """Liveness counts complete frames, not bytes: a frame header announcing 131,064 bytes
+    (within frame_max), then bytes that never complete it, is a dead peer, found within
+    about two heartbeat intervals."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.handshake(heartbeat=1)
+        await peer.send(struct.pack(">BHI", 3, 0, 131072 - 8))  # a body frame, never ending
+        with anyio.move_on_after(TIMEOUT):
+            while True:
+                if after_header == "heartbeats":  # a live peer's heartbeats, swallowed
+                    await peer.send(heartbeat_frame())
+                    await anyio.sleep(0.25)
+                elif after_header == "trickle":
+                    await peer.send(b"x")
+                    await anyio.sleep(0.05)
+                else:
+                    await anyio.sleep(1)
+
+    with anyio.fail_after(TIMEOUT):
+        async with fake_server(handler) as (url, _):
+            start = anyio.current_time()
+            error = await _run_until_failure(url + "&heartbeat=1", _idle)
+            elapsed = anyio.current_time() - start
+            assert isinstance(error, HeartbeatTimeout), error
+            assert "no complete frame" in str(error)
+            assert elapsed < 4, elapsed
 
 
 async def _consumer_server(peer: Peer, script: Callable[[Peer, int], Awaitable[None]]) -> None:
