@@ -391,3 +391,25 @@ async def test_a_client_certificate_from_an_unknown_ca_is_refused(
         assert re.search(
             r"unknown ca|reset|closed the connection before Connection\.Start", reason, re.I
         ), error
+
+
+# --------------------------------------------------------------------------- the wrong port
+
+
+async def test_amqps_to_the_plain_port_says_it_does_not_speak_tls(broker_url: str) -> None:
+    with anyio.fail_after(TIMEOUT):
+        address = parse_url(broker_url).addresses[0]
+        url = broker_url.replace("amqp://", "amqps://").replace("guest:guest@", "guest:s3cr3t@")
+        error = await refused(url)
+        assert f"{address.host}:{address.port}: this port does not speak TLS" in str(error), error
+        assert "s3cr3t" not in str(error)
+
+
+async def test_amqp_to_the_tls_port_asks_whether_it_is_a_tls_port(rabbitmq: BrokerInfo) -> None:
+    with anyio.fail_after(TIMEOUT):
+        tls = parse_url(_tls_url(rabbitmq)).addresses[0]
+        url = _tls_url(rabbitmq).replace("amqps://guest:guest@", "amqp://guest:s3cr3t@")
+        error = await refused(url)
+        assert f"{tls.host}:{tls.port}: " in str(error), error
+        assert "is this a TLS port?" in str(error), error
+        assert "frame_max" not in str(error) and "s3cr3t" not in str(error)

@@ -173,6 +173,11 @@ def _decode_content_header(buf: bytearray, off: int, end: int) -> header.Content
     return content_header
 
 
+#: TLS record content types (no AMQP frame type has these values), by what a TLS server
+#: that is sent a plain AMQP protocol header answers with.
+_TLS_RECORDS: Final = {0x15: "alert", 0x16: "handshake"}
+
+
 class FrameBuffer:
     """Collects received bytes and yields complete frames, one at a time.
 
@@ -219,6 +224,14 @@ class FrameBuffer:
             raise ProtocolError(
                 "the server does not speak AMQP 0-9-1 (it answered with the protocol header "
                 f"{bytes(buf[pos : pos + 8])!r})",
+                FRAME_ERROR,
+            )
+        if frame_type in _TLS_RECORDS and buf[pos + 1] == 0x03:
+            # a TLS record header (type, version 3.x): our protocol header reached a TLS
+            # listener, which answers with an alert (0x15) or a handshake record (0x16)
+            raise ProtocolError(
+                f"the server answered with a TLS {_TLS_RECORDS[frame_type]} record: "
+                "is this a TLS port? (use amqps:// for TLS)",
                 FRAME_ERROR,
             )
         if size + FRAME_OVERHEAD > self.frame_max:

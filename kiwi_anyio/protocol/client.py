@@ -380,6 +380,24 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+#: what OpenSSL says when the bytes it got back are no TLS record (RabbitMQ's plain port
+#: answers a ClientHello with its AMQP protocol header)
+_NOT_TLS_REASONS: Final = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"}
+)
+
+
+def _not_tls(exc: BaseException | None) -> bool:
+    """True if ``exc`` (or its cause) is OpenSSL finding that the peer does not speak TLS."""
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError) and (
+            exc.reason in _NOT_TLS_REASONS or "WRONG_VERSION_NUMBER" in str(exc)
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _close_wait(connection: Connection) -> float:
     """How long to wait for CancelOk/CloseOk: not at all while the broker reads nothing."""
     return 0 if connection.is_blocked else CLOSE_TIMEOUT
@@ -1375,7 +1393,13 @@ class Connection:
                     f"{address.host}:{address.port}: timed out after {params.connection_timeout} s"
                 )
             except (OSError, ssl.SSLError, anyio.BrokenResourceError, ConnectionFailed) as exc:
-                errors.append(f"{address.host}:{address.port}: {_describe(exc)}")
+                if params.tls and _not_tls(exc):
+                    errors.append(
+                        f"{address.host}:{address.port}: this port does not speak TLS "
+                        f"({_describe(exc)}): is it a plain AMQP port? (use amqp:// without TLS)"
+                    )
+                else:
+                    errors.append(f"{address.host}:{address.port}: {_describe(exc)}")
             except ProtocolError as exc:
                 errors.append(f"{address.host}:{address.port}: protocol error: {exc}")
             self._core = AMQPConnection(

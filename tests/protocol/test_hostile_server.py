@@ -264,6 +264,19 @@ async def _deliver_before_open_ok(peer: Peer) -> None:
     await peer.silence()
 
 
+async def _tls_alert(peer: Peer) -> None:
+    # a TLS listener sent our plain protocol header: a fatal "unexpected_message" alert
+    await peer.read_protocol_header()
+    await peer.send(b"\x15\x03\x03\x00\x02\x02\x0a")
+    await anyio.sleep_forever()
+
+
+async def _tls_handshake_record(peer: Peer) -> None:
+    await peer.read_protocol_header()
+    await peer.send(b"\x16\x03\x01\x00\x31" + b"\x00" * 0x31)
+    await anyio.sleep_forever()
+
+
 HANDSHAKE_CASES: list[tuple[Handler, str]] = [
     (_never_answers, "timed out after 0.5 s"),
     (_hangs_up_after_the_protocol_header, "closed the connection before Connection.Start"),
@@ -281,6 +294,8 @@ HANDSHAKE_CASES: list[tuple[Handler, str]] = [
     (_garbage_after_tune, "bad frame-end octet"),
     (_hangs_up_after_open, "closed during the handshake"),
     (_deliver_before_open_ok, "protocol error"),
+    (_tls_alert, "TLS alert record: is this a TLS port?"),
+    (_tls_handshake_record, "TLS handshake record: is this a TLS port?"),
 ]
 
 
@@ -296,6 +311,21 @@ async def test_a_broken_handshake_fails_cleanly_and_in_time(handler: Handler, sa
             assert "guest:guest" not in str(error)
             assert elapsed < CONNECT_TIMEOUT + 2, elapsed
             assert len(peers) == 1
+
+
+async def test_amqps_to_a_plain_port_says_the_port_does_not_speak_tls() -> None:
+    async def plain_amqp(peer: Peer) -> None:
+        await peer.read_protocol_header()  # the first bytes of a ClientHello
+        await peer.send(b"AMQP\x00\x00\x09\x01")  # what RabbitMQ answers, then it hangs up
+
+    with anyio.fail_after(TIMEOUT):
+        async with fake_server(plain_amqp) as (url, _):
+            error, elapsed = await refused(url.replace("amqp://", "amqps://"))
+            host_port = url.split("@")[1].split("/")[0]
+            assert f"{host_port}: this port does not speak TLS" in str(error), error
+            assert "WRONG_VERSION_NUMBER" in str(error)
+            assert "guest:guest" not in str(error)
+            assert elapsed < CONNECT_TIMEOUT + 2
 
 
 async def test_the_timeout_covers_the_whole_attempt_per_host() -> None:
