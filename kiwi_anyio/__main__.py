@@ -1,24 +1,78 @@
-"""The ``kiwi-anyio`` command line (``python -m kiwi_anyio``).
+"""kiwi-anyio: send, serve and watch kiwiPy-style tasks, RPC calls and broadcasts.
 
-``demo`` starts a task worker, an RPC server and a broadcast listener, sends to each and
-prints what happens (on the embedded ``memory://`` broker unless a URL is given). The URL
-comes from ``--url`` or ``KIWI_ANYIO_URL``.
+Run it as "kiwi-anyio" or "python -m kiwi_anyio". The broker URL comes from --url (given
+before or after the command) or the KIWI_ANYIO_URL environment variable, else
+amqp://guest:guest@127.0.0.1/ (demo: memory://demo, the broker embedded in this process).
+
+Messages given on the command line (TASK, MESSAGE, BODY, --answer) are parsed as YAML by
+default (--yaml), as kiwiPy's default codec would carry them: 30 is the int 30, yes is True,
+01 is 1, [1, 2] is a list, and text that is not valid YAML stays a string. --json parses
+them as JSON instead (invalid JSON is a usage error); --raw sends the text as typed.
+
+Output: results, tasks and broadcasts go to stdout, one per line (--jsonl: one JSON object
+per line); progress, counts and errors go to stderr, errors as one line starting with
+"kiwi-anyio: error:".
+
+Exit codes:
+  0    success
+  1    the request failed: a remote exception, no such subscriber, the connection lost
+  2    usage: bad arguments, a bad URL, invalid --json input, memory:// where it cannot work
+  3    cannot connect: broker unreachable, login or virtual host refused, TLS mismatch
+  4    timeout: no result within --timeout
+  130  interrupted (Ctrl-C); task work and listen print their counts first
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import sniffio
 import yaml
 
-from . import BroadcastFilter, KiwiError, RemoteException, UnroutableError
+from . import BroadcastFilter, KiwiError, RemoteException, UnroutableError, __version__
 from . import connect as kiwi_connect
+from .exceptions import ConnectionFailed, InvalidURL
+
+PROG = "kiwi-anyio"
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1/"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANNOT_CONNECT = 3
+EXIT_TIMEOUT = 4
+EXIT_INTERRUPTED = 130
+
+#: commands that work on memory:// (they talk to themselves, in one process)
+_MEMORY_OK = {"demo", "ping"}
+
+
+class UsageError(Exception):
+    """A command-line mistake found after parsing: exit code 2."""
+
+
+@dataclass
+class Counts:
+    """What a long-running command has handled (printed periodically and at exit)."""
+
+    what: str = ""
+    handled: int = 0
+    started: float = field(default_factory=time.monotonic)
+    running: bool = False  # set once subscribed: only then is there something to report
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        noun = self.what if self.handled == 1 else self.what + "s"
+        return f"{self.handled} {noun} in {elapsed:.0f} s"
 
 
 async def demo(url: str, out: Any = sys.stdout) -> None:
@@ -35,7 +89,10 @@ async def demo(url: str, out: Any = sys.stdout) -> None:
         "testing_mode": True,
     }
     async with kiwi_connect(url, **options) as comm:
-        say(f"connected to {comm.server_properties.get('product')} at {url.split('@')[-1]}")
+        say(
+            f"connected to {comm.server_properties.get('product')} at {url.split('@')[-1]}"
+            f" (running on {sniffio.current_async_library()})"
+        )
 
         def worker(_comm: Any, task: Any) -> Any:
             say(f"  [worker] got task {task!r}")
@@ -88,145 +145,474 @@ async def demo(url: str, out: Any = sys.stdout) -> None:
         say("done")
 
 
-def _value(text: str) -> Any:
-    """A command-line message: YAML scalars and lists (``30`` is an int), else the text."""
+# --------------------------------------------------------------------------- input and output
+
+
+def parse_message(text: str, how: str = "yaml") -> Any:
+    """A message typed on the command line, parsed ``how``: ``"yaml"`` (a YAML value, else
+    the text itself), ``"json"`` (:class:`UsageError` if invalid) or ``"raw"`` (the text)."""
+    if how == "raw":
+        return text
+    if how == "json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{text!r} is not valid JSON ({exc}); use --raw for text") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
 
 
+class Output:
+    """Where a command writes: data to ``out`` (text or JSON lines), the rest to stderr."""
+
+    def __init__(self, out: Any, jsonl: bool) -> None:
+        self.out = out
+        self.jsonl = jsonl
+
+    def data(self, text: str, **fields: Any) -> None:
+        """One result, task or broadcast: ``text`` or, with --jsonl, ``fields`` as JSON."""
+        line = json.dumps(fields, default=repr) if self.jsonl else text
+        print(line, file=self.out, flush=True)
+
+    @staticmethod
+    def status(text: str) -> None:
+        """Progress and counts (stderr, so that stdout holds data only)."""
+        print(text, file=sys.stderr, flush=True)
+
+
+def _output(args: argparse.Namespace, out: Any) -> Output:
+    return Output(out, getattr(args, "jsonl", False))
+
+
+def _message(args: argparse.Namespace, name: str) -> Any:
+    return parse_message(getattr(args, name), getattr(args, "parse", "yaml"))
+
+
+async def _report_every(counts: Counts, every: float) -> None:
+    if every <= 0:
+        return
+    while True:
+        await anyio.sleep(every)
+        Output.status(f"so far: {counts.line()}")
+
+
+# --------------------------------------------------------------------------- commands
+
+
 async def _task_send(url: str, args: argparse.Namespace, out: Any) -> int:
+    show = _output(args, out)
+    task = _message(args, "task")
     async with kiwi_connect(url) as comm:
         queue = comm.task_queue(args.queue) if args.queue else comm._default_queue()
-        future = await queue.task_send(_value(args.task), no_reply=args.no_reply)
-        print(f"sent {args.task!r} to {queue.name!r}", file=out, flush=True)
+        future = await queue.task_send(task, no_reply=args.no_reply)
+        show.status(f"sent {task!r} to {queue.name!r}")
         if future is not None:
-            print(f"result: {await future.unwrap(args.timeout)!r}", file=out, flush=True)
-    return 0
+            result = await future.unwrap(args.timeout)
+            show.data(f"result: {result!r}", result=result)
+    return EXIT_OK
 
 
 async def _task_work(url: str, args: argparse.Namespace, out: Any) -> int:
-    answer = _value(args.answer) if args.answer is not None else None
+    show = _output(args, out)
+    answer = _message(args, "answer") if args.answer is not None else None
+    counts: Counts = args.counts
 
     async def work(_comm: Any, task: Any) -> Any:
-        print(f"task: {task!r}", file=out, flush=True)
+        counts.handled += 1
+        show.data(f"task: {task!r}", task=task)
         return answer if args.answer is not None else task
 
     async with kiwi_connect(url) as comm:
         queue = comm.task_queue(args.queue, prefetch_count=args.prefetch) if args.queue else None
         target = queue or comm._default_queue()
-        async with target.task_subscriber(work):
-            print(f"working on {target.name!r}; Ctrl-C to stop", file=out, flush=True)
+        async with target.task_subscriber(work), anyio.create_task_group() as tg:
+            counts.started, counts.running = time.monotonic(), True
+            tg.start_soon(_report_every, counts, args.report_every)
+            show.status(f"working on {target.name!r}; Ctrl-C to stop")
             await anyio.sleep_forever()
-    return 0
+    return EXIT_OK
 
 
 async def _rpc_call(url: str, args: argparse.Namespace, out: Any) -> int:
+    show = _output(args, out)
+    message = _message(args, "message")
     async with kiwi_connect(url) as comm:
-        try:
-            future = await comm.rpc_send(args.identifier, _value(args.message))
-            print(repr(await future.unwrap(args.timeout)), file=out, flush=True)
-        except RemoteException as exc:
-            print(f"remote exception: {exc}", file=out, flush=True)
-            return 1
-        except UnroutableError:
-            print(f"no RPC subscriber {args.identifier!r}", file=out, flush=True)
-            return 1
-    return 0
+        future = await comm.rpc_send(args.identifier, message)
+        result = await future.unwrap(args.timeout)
+        show.data(repr(result), result=result)
+    return EXIT_OK
 
 
 async def _broadcast_send(url: str, args: argparse.Namespace, out: Any) -> int:
+    show = _output(args, out)
+    body = _message(args, "body")
     async with kiwi_connect(url) as comm:
-        await comm.broadcast_send(_value(args.body), sender=args.sender, subject=args.subject)
-        print("sent", file=out, flush=True)
-    return 0
+        await comm.broadcast_send(body, sender=args.sender, subject=args.subject)
+        show.status(f"sent {body!r}")
+    return EXIT_OK
 
 
 async def _listen(url: str, args: argparse.Namespace, out: Any) -> int:
-    def show(_comm: Any, body: Any, sender: Any, subject: Any, correlation_id: Any) -> None:
-        print(f"{subject} from {sender}: {body!r}", file=out, flush=True)
+    show = _output(args, out)
+    counts: Counts = args.counts
+
+    def heard(_comm: Any, body: Any, sender: Any, subject: Any, correlation_id: Any) -> None:
+        counts.handled += 1
+        show.data(
+            f"{subject} from {sender}: {body!r}",
+            subject=subject,
+            sender=sender,
+            body=body,
+            correlation_id=correlation_id,
+        )
 
     async with kiwi_connect(url) as comm:
-        listener = BroadcastFilter(show, subject=args.subject, sender=args.sender)
-        async with comm.broadcast_subscriber(listener):
-            print("listening; Ctrl-C to stop", file=out, flush=True)
+        listener = BroadcastFilter(heard, subject=args.subject, sender=args.sender)
+        async with comm.broadcast_subscriber(listener), anyio.create_task_group() as tg:
+            counts.started, counts.running = time.monotonic(), True
+            tg.start_soon(_report_every, counts, args.report_every)
+            show.status("listening; Ctrl-C to stop")
             await anyio.sleep_forever()
-    return 0
+    return EXIT_OK
 
 
 async def _ping(url: str, args: argparse.Namespace, out: Any) -> int:
+    show = _output(args, out)
     start = time.perf_counter()
     async with kiwi_connect(url) as comm:
-        connected = time.perf_counter()
+        connected = (time.perf_counter() - start) * 1000
         props = comm.server_properties
-        print(f"connected to {comm.url} in {(connected - start) * 1000:.1f} ms", file=out)
-        for key in ("product", "version", "platform", "cluster_name"):
-            if key in props:
-                print(f"  {key}: {props[key]}", file=out)
+        server = {
+            k: props[k] for k in ("product", "version", "platform", "cluster_name") if k in props
+        }
         echo = f"ping-{os.getpid()}-{time.time_ns()}"
         async with comm.rpc_subscriber(lambda _c, m: m, echo):
             sent = time.perf_counter()
             await (await comm.rpc_send(echo, "ping")).wait(10)
-            print(f"RPC round trip: {(time.perf_counter() - sent) * 1000:.2f} ms", file=out)
-    return 0
+            rpc = (time.perf_counter() - sent) * 1000
+        if show.jsonl:
+            show.data(
+                "", url=comm.url, connect_ms=round(connected, 2), rpc_ms=round(rpc, 3), **server
+            )
+        else:
+            show.data(f"connected to {comm.url} in {connected:.1f} ms")
+            for key, value in server.items():
+                show.data(f"  {key}: {value}")
+            show.data(f"RPC round trip: {rpc:.2f} ms")
+    return EXIT_OK
 
 
 async def _demo(url: str, args: argparse.Namespace, out: Any) -> int:
     await demo(url, out)
-    return 0
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's paragraphs and the exit-code table as written."""
+
+
+def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--url and --backend, accepted before and after the command.
+
+    On the sub-commands they default to ``SUPPRESS`` so that a value given before the
+    command is not overwritten by the sub-command's default."""
+    default: Any = argparse.SUPPRESS
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--url",
+        default=os.environ.get("KIWI_ANYIO_URL") if top else default,
+        help="broker URL, e.g. amqp://user:password@host:5672/vhost or amqps://... for TLS "
+        "(default: $KIWI_ANYIO_URL, else amqp://guest:guest@127.0.0.1/; demo: memory://demo)",
+    )
+    group.add_argument(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio" if top else default,
+        help="the async library to run on (default: asyncio)",
+    )
+
+
+def _add_message_format(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_argument_group(f"how {what} is parsed")
+    formats = group.add_mutually_exclusive_group()
+    formats.add_argument(
+        "--yaml",
+        dest="parse",
+        action="store_const",
+        const="yaml",
+        help="as a YAML value (the default): 30 is an int, yes is True, 01 is 1, [1, 2] a "
+        "list; text that is not valid YAML stays a string",
+    )
+    formats.add_argument(
+        "--json",
+        dest="parse",
+        action="store_const",
+        const="json",
+        help='as JSON: 30 is an int, "yes" (with the quotes) a string; invalid JSON exits 2',
+    )
+    formats.add_argument(
+        "--raw",
+        dest="parse",
+        action="store_const",
+        const="raw",
+        help="as the string typed, unchanged",
+    )
+    parser.set_defaults(parse="yaml")
+
+
+def _add_jsonl(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="print each result, task or broadcast as one JSON object per line",
+    )
+
+
+def _add_report_every(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--report-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help=f"print the count of {what} to stderr this often (0: only at exit; default: 60)",
+    )
+
+
+def _add_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up (exit code 4) when no result came within SECONDS (default: wait for ever)",
+    )
+
+
+_SUBCOMMAND_HELP = "one of these (COMMAND --help tells its options):"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kiwi-anyio`` argument parser."""
+    summary, _, details = (__doc__ or "").partition("\n\n")
+    description, _, epilog = details.partition("Exit codes:")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=summary + "\n\n" + description.rstrip(),
+        epilog="Exit codes:" + epilog,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{PROG} {__version__} (Python {platform.python_version()}, "
+        f"anyio {_version_of('anyio')})",
+        help="print the version and exit",
+    )
+    _add_common(parser, top=True)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help=_SUBCOMMAND_HELP
+    )
+
+    def command(parent: Any, name: str, help_: str, description: str | None = None) -> Any:
+        child = parent.add_parser(
+            name,
+            help=help_,
+            description=description or help_,
+            epilog="Exit codes: 0 ok, 1 failed, 2 usage, 3 cannot connect, 4 timeout, "
+            "130 Ctrl-C\n(see kiwi-anyio --help).",
+            formatter_class=_Formatter,
+        )
+        _add_common(child, top=False)
+        return child
+
+    demo_ = command(
+        sub,
+        "demo",
+        "show tasks, RPC and broadcasts working",
+        "Start a task worker, an RPC server and a broadcast listener, send to each and print "
+        "what happens. Runs on the embedded memory://demo broker unless --url is given.",
+    )
+    demo_.set_defaults(run=_demo)
+
+    task = command(sub, "task", "send or work on tasks")
+    task_sub = task.add_subparsers(
+        dest="task_command", required=True, metavar="COMMAND", help=_SUBCOMMAND_HELP
+    )
+    send = command(
+        task_sub,
+        "send",
+        "send a task and print its result",
+        "Send TASK to a task queue and print its result (the worker's return value).",
+    )
+    send.add_argument("task", metavar="TASK", help="the task (parsed as YAML unless --json/--raw)")
+    send.add_argument("--queue", help="the task queue (default: the communicator's default queue)")
+    send.add_argument("--no-reply", action="store_true", help="do not wait for a result")
+    _add_timeout(send)
+    _add_message_format(send, "TASK")
+    _add_jsonl(send)
+    send.set_defaults(run=_task_send)
+
+    work = command(
+        task_sub,
+        "work",
+        "print each task (and answer it)",
+        "Consume tasks from a queue, print each, answer it (with the task itself unless "
+        "--answer). Runs until Ctrl-C; prints the count of tasks periodically and at exit.",
+    )
+    work.add_argument("--queue", help="the task queue (default: the communicator's default queue)")
+    work.add_argument(
+        "--prefetch",
+        type=int,
+        default=1,
+        help="how many tasks may be in hand at once (default: 1; needs --queue)",
+    )
+    work.add_argument(
+        "--answer",
+        metavar="VALUE",
+        help="the result to give every task (default: the task itself)",
+    )
+    _add_report_every(work, "tasks")
+    _add_message_format(work, "--answer")
+    _add_jsonl(work)
+    work.set_defaults(run=_task_work, counts=Counts("task"))
+
+    rpc = command(sub, "rpc", "RPC calls")
+    rpc_sub = rpc.add_subparsers(
+        dest="rpc_command", required=True, metavar="COMMAND", help=_SUBCOMMAND_HELP
+    )
+    call = command(
+        rpc_sub,
+        "call",
+        "call an RPC subscriber and print the reply",
+        "Send MESSAGE to the RPC subscriber IDENTIFIER and print its reply (exit code 1 if it "
+        "raised or no subscriber has that identifier).",
+    )
+    call.add_argument("identifier", metavar="IDENTIFIER", help="the RPC subscriber's identifier")
+    call.add_argument(
+        "message", metavar="MESSAGE", help="the message (parsed as YAML unless --json/--raw)"
+    )
+    _add_timeout(call)
+    _add_message_format(call, "MESSAGE")
+    _add_jsonl(call)
+    call.set_defaults(run=_rpc_call)
+
+    broadcast = command(sub, "broadcast", "broadcasts")
+    broadcast_sub = broadcast.add_subparsers(
+        dest="broadcast_command", required=True, metavar="COMMAND", help=_SUBCOMMAND_HELP
+    )
+    bsend = command(broadcast_sub, "send", "send a broadcast", "Send BODY to every listener.")
+    bsend.add_argument("body", metavar="BODY", help="the body (parsed as YAML unless --json/--raw)")
+    bsend.add_argument("--subject", help="the broadcast's subject, e.g. kern.critical")
+    bsend.add_argument("--sender", help="the broadcast's sender, e.g. host1")
+    _add_message_format(bsend, "BODY")
+    bsend.set_defaults(run=_broadcast_send)
+
+    listen = command(
+        sub,
+        "listen",
+        "print broadcasts (filters with * wildcards)",
+        "Print every broadcast whose subject and sender match (* matches any text, e.g. "
+        "kern.*). Runs until Ctrl-C; prints the count periodically and at exit.",
+    )
+    listen.add_argument("--subject", metavar="PATTERN", help="only subjects matching PATTERN")
+    listen.add_argument("--sender", metavar="PATTERN", help="only senders matching PATTERN")
+    _add_report_every(listen, "broadcasts")
+    _add_jsonl(listen)
+    listen.set_defaults(run=_listen, counts=Counts("broadcast"))
+
+    ping = command(
+        sub,
+        "ping",
+        "connect, show the broker, time an RPC",
+        "Connect, print the broker's product and version and the time of one RPC round trip.",
+    )
+    _add_jsonl(ping)
+    ping.set_defaults(run=_ping)
+    return parser
+
+
+def _version_of(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:  # pragma: no cover
+        return "?"
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """E.g. ``"task send"``."""
+    words = [args.command]
+    for dest in ("task_command", "rpc_command", "broadcast_command"):
+        if getattr(args, dest, None):
+            words.append(getattr(args, dest))
+    return " ".join(words)
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """The one exception inside (nested) single-exception groups."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return code
 
 
 def main(argv: Sequence[str] | None = None, out: Any = None) -> int:
-    """Entry point of ``kiwi-anyio`` / ``python -m kiwi_anyio``."""
+    """Entry point of ``kiwi-anyio`` / ``python -m kiwi_anyio``; returns the exit code.
+
+    Ctrl-C stops a command with exit code 130 (``task work`` and ``listen`` print their
+    counts first; a task in hand is given back to the broker)."""
     out = out or sys.stdout
-    parser = argparse.ArgumentParser(prog="kiwi-anyio", description=__doc__)
-    parser.add_argument("--url", default=os.environ.get("KIWI_ANYIO_URL"), help="broker URL")
-    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="show tasks, RPC and broadcasts working").set_defaults(run=_demo)
-    task = sub.add_parser("task", help="send or work on tasks")
-    task_sub = task.add_subparsers(dest="task_command", required=True)
-    send = task_sub.add_parser("send", help="send a task and print its result")
-    send.add_argument("task")
-    send.add_argument("--queue", help="task queue (default: the communicator's)")
-    send.add_argument("--no-reply", action="store_true", help="do not wait for a result")
-    send.add_argument("--timeout", type=float, default=None)
-    send.set_defaults(run=_task_send)
-    work = task_sub.add_parser("work", help="print each task (and answer it)")
-    work.add_argument("--queue")
-    work.add_argument("--prefetch", type=int, default=1)
-    work.add_argument("--answer", help="the result to give (default: the task itself)")
-    work.set_defaults(run=_task_work)
-    rpc = sub.add_parser("rpc", help="RPC calls")
-    rpc_sub = rpc.add_subparsers(dest="rpc_command", required=True)
-    call = rpc_sub.add_parser("call", help="call an RPC subscriber and print the reply")
-    call.add_argument("identifier")
-    call.add_argument("message")
-    call.add_argument("--timeout", type=float, default=None)
-    call.set_defaults(run=_rpc_call)
-    broadcast = sub.add_parser("broadcast", help="broadcasts")
-    broadcast_sub = broadcast.add_subparsers(dest="broadcast_command", required=True)
-    bsend = broadcast_sub.add_parser("send", help="send a broadcast")
-    bsend.add_argument("body")
-    bsend.add_argument("--subject")
-    bsend.add_argument("--sender")
-    bsend.set_defaults(run=_broadcast_send)
-    listen = sub.add_parser("listen", help="print broadcasts (filters with * wildcards)")
-    listen.add_argument("--subject")
-    listen.add_argument("--sender")
-    listen.set_defaults(run=_listen)
-    sub.add_parser("ping", help="connect, show the broker, time an RPC").set_defaults(run=_ping)
+    parser = build_parser()
     args = parser.parse_args(argv)
-    default = "memory://demo" if args.command == "demo" else "amqp://guest:guest@127.0.0.1/"
-    url = args.url or default
+    url = args.url or ("memory://demo" if args.command == "demo" else DEFAULT_URL)
+    counts: Counts | None = getattr(args, "counts", None)
+    if url.startswith("memory:") and args.command not in _MEMORY_OK:
+        return _fail(
+            EXIT_USAGE,
+            f"{url} is a broker inside one process, so `{_command_name(args)}` would only talk to "
+            "itself: give an amqp:// URL (memory:// works with demo and ping)",
+        )
     try:
         return int(anyio.run(args.run, url, args, out, backend=args.backend))
     except KeyboardInterrupt:
-        return 130
-    except KiwiError as exc:
-        print(f"kiwi-anyio: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `kiwi-anyio listen | head`: the reader is gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush does not fail
+        return EXIT_FAILED
+    except BaseException as raised:
+        error = _leaf(raised)
+        if isinstance(error, UsageError | InvalidURL):
+            return _fail(EXIT_USAGE, str(error))
+        if isinstance(error, ConnectionFailed):
+            return _fail(EXIT_CANNOT_CONNECT, str(error))
+        if isinstance(error, TimeoutError):
+            timeout = getattr(args, "timeout", None)
+            if timeout is None:
+                return _fail(EXIT_TIMEOUT, str(error) or "timed out")
+            return _fail(EXIT_TIMEOUT, f"no result within {timeout} s (--timeout {timeout})")
+        if isinstance(error, UnroutableError) and args.command == "rpc":
+            return _fail(EXIT_FAILED, f"no RPC subscriber {args.identifier!r}")
+        if isinstance(error, RemoteException):
+            return _fail(EXIT_FAILED, f"remote exception: {error}")
+        if isinstance(error, KiwiError):
+            return _fail(EXIT_FAILED, str(error))
+        if error is not raised and isinstance(error, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        raise
+    finally:
+        if counts is not None and counts.running:
+            Output.status(f"stopped after {counts.line()}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -13,6 +16,17 @@ import pytest
 from tests.test_examples import Program
 
 pytestmark = pytest.mark.broker
+
+
+def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``python -m kiwi_anyio ARGS``."""
+    return subprocess.run(
+        [sys.executable, "-m", "kiwi_anyio", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
 
 
 def cli(url: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -66,7 +80,8 @@ def test_task_send_and_work(broker_url: str, background: Callable[..., Program])
 def test_rpc_call_unroutable_and_exit_code(broker_url: str) -> None:
     result = cli(broker_url, "rpc", "call", f"nobody-{uuid.uuid4().hex}", "1")
     assert result.returncode == 1
-    assert "no RPC subscriber" in result.stdout
+    assert result.stderr.startswith("kiwi-anyio: error: no RPC subscriber")
+    assert result.stdout == ""
 
 
 def test_listen_and_broadcast(broker_url: str, background: Callable[..., Program]) -> None:
@@ -82,14 +97,14 @@ def test_listen_and_broadcast(broker_url: str, background: Callable[..., Program
 def test_bad_login_is_a_clear_error_without_the_password(broker_url: str) -> None:
     url = broker_url.replace("guest:guest@", "guest:s3cr3t-pw@")
     result = cli(url, "ping")
-    assert result.returncode == 2
+    assert result.returncode == 3  # cannot connect
     assert "refused the login of user 'guest'" in result.stderr
     assert "s3cr3t-pw" not in result.stdout + result.stderr
 
 
 def test_bad_url_is_a_clear_error(broker_url: str) -> None:
     result = cli("amqp://guest:s3cr3t-pw@localhost:notaport/", "ping")
-    assert result.returncode == 2
+    assert result.returncode == 2  # usage
     assert "port" in result.stderr
     assert "s3cr3t-pw" not in result.stdout + result.stderr
 
@@ -108,8 +123,162 @@ def test_demo_runs_on_the_memory_broker_by_default() -> None:
         if env_url is not None:
             os.environ["KIWI_ANYIO_URL"] = env_url
     text = out.getvalue()
-    assert "connected to kiwi_anyio memory broker at memory://demo" in text
+    assert "connected to kiwi_anyio memory broker at memory://demo (running on asyncio)" in text
     assert "result: 'task 2 done'" in text
     assert "fib(30) = 832040" in text
     assert "UnroutableError" in text
     assert "kern.critical" in text and "cron.info" not in text
+
+
+# --------------------------------------------------------------------------- help, usage, codes
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+def test_every_option_has_help_and_no_help_has_rst_markup() -> None:
+    from kiwi_anyio.__main__ import build_parser
+
+    parsers = list(_parsers(build_parser()))
+    assert len(parsers) == 11  # kiwi-anyio, 6 commands, 4 sub-commands
+    for parser in parsers:
+        for action in parser._actions:
+            assert action.help, f"{parser.prog}: {action.dest} has no help"
+        text = parser.format_help()
+        for markup in ("``", ":class:", ":func:", ":meth:", "::"):
+            assert markup not in text, f"{parser.prog} --help shows {markup!r}"
+
+
+def test_help_and_version_run_as_commands() -> None:
+    from kiwi_anyio import __version__
+
+    result = run("--help")
+    assert result.returncode == 0
+    assert "Exit codes:" in result.stdout and "3    cannot connect" in result.stdout
+    assert "--yaml" in result.stdout and "KIWI_ANYIO_URL" in result.stdout
+    result = run("task", "send", "--help")
+    assert result.returncode == 0 and "--raw" in result.stdout and "--timeout" in result.stdout
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"kiwi-anyio {__version__} (Python ")
+
+
+def test_a_usage_error_exits_2_on_stderr() -> None:
+    result = run("bogus")
+    assert result.returncode == 2
+    assert result.stdout == "" and "invalid choice: 'bogus'" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_the_url_goes_before_or_after_the_command(where: str) -> None:
+    args = ["--url", "memory://cli-url", "ping"]
+    result = run(*(args if where == "before" else [*args[2:], *args[:2]]))
+    assert result.returncode == 0, result.stderr
+    assert "connected to memory://cli-url" in result.stdout
+
+
+def test_the_url_after_the_command_wins_over_the_environment() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kiwi_anyio", "ping", "--url", "memory://given"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, KIWI_ANYIO_URL="amqp://guest:guest@127.0.0.1:1/"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "memory://given" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("task send", ["hi"]),
+        ("task work", []),
+        ("rpc call", ["x", "1"]),
+        ("broadcast send", ["hi"]),
+        ("listen", []),
+    ],
+)
+def test_memory_urls_are_refused_where_nobody_else_could_answer(name: str, args: list[str]) -> None:
+    result = run("--url", "memory://", *name.split(), *args, timeout=15)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("kiwi-anyio: error: memory:// is a broker inside one process")
+    assert f"`{name}`" in result.stderr
+
+
+def test_cannot_connect_exits_3_in_one_line() -> None:
+    result = run("--url", "amqp://guest:s3cr3t@127.0.0.1:1/?connection_timeout=2000", "ping")
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("kiwi-anyio: error:")
+    assert "127.0.0.1:1" in result.stderr and "s3cr3t" not in result.stderr
+
+
+def test_invalid_json_input_is_a_usage_error() -> None:
+    result = run("--url", "amqp://guest:guest@127.0.0.1:1/", "rpc", "call", "x", "{bad", "--json")
+    assert result.returncode == 2
+    assert "is not valid JSON" in result.stderr and "--raw" in result.stderr
+
+
+def test_parse_message_formats() -> None:
+    from kiwi_anyio.__main__ import UsageError, parse_message
+
+    assert parse_message("yes") is True
+    assert parse_message("01") == 1
+    assert parse_message("[1, a]") == [1, "a"]
+    assert parse_message("a: [") == "a: ["  # not YAML: the text
+    assert parse_message("yes", "raw") == "yes"
+    assert parse_message("01", "raw") == "01"
+    assert parse_message('{"a": [1, "yes"]}', "json") == {"a": [1, "yes"]}
+    with pytest.raises(UsageError):
+        parse_message("yes", "json")
+
+
+def test_message_formats_and_json_lines(
+    broker_url: str, background: Callable[..., Program]
+) -> None:
+    queue = f"cli-{uuid.uuid4().hex}"
+    worker = background("task", "work", "--queue", queue, "--jsonl")
+    worker.wait_for("working on")
+    sent = [("01", "--yaml", 1), ("yes", "--yaml", True), ("01", "--raw", "01")]
+    sent += [('"yes"', "--json", "yes"), ('{"a": [1]}', "--json", {"a": [1]})]
+    for text, how, expected in sent:
+        result = cli(broker_url, "task", "send", text, how, "--queue", queue, "--jsonl")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == {"result": expected}, result.stdout
+    seen = [json.loads(worker.wait_for('{"task"')) for _ in sent]
+    assert seen == [{"task": expected} for _, _, expected in sent]
+
+
+def test_a_timeout_is_one_line_and_exit_code_4(broker_url: str) -> None:
+    queue = f"cli-{uuid.uuid4().hex}"
+    result = cli(broker_url, "task", "send", "--queue", queue, "hello", "--timeout", "1")
+    assert result.returncode == 4, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[-1] == "kiwi-anyio: error: no result within 1.0 s (--timeout 1.0)", lines
+    assert "Traceback" not in result.stderr and len(lines) <= 2  # "sent ..." and the error
+
+
+def test_work_and_listen_print_counts(broker_url: str, background: Callable[..., Program]) -> None:
+    queue = f"cli-{uuid.uuid4().hex}"
+    worker = background("task", "work", "--queue", queue, "--report-every", "0.3")
+    listener = background("listen", "--subject", "count.*", "--report-every", "0.3", "--jsonl")
+    worker.wait_for("working on")
+    listener.wait_for("listening")
+    worker.wait_for("so far: 0 tasks in")
+    assert cli(broker_url, "task", "send", "--queue", queue, "x").returncode == 0
+    assert cli(broker_url, "broadcast", "send", "b", "--subject", "count.me").returncode == 0
+    worker.wait_for("so far: 1 task in")
+    heard = json.loads(listener.wait_for('{"subject"'))
+    assert heard == {"subject": "count.me", "sender": None, "body": "b", "correlation_id": None}
+    listener.wait_for("so far: 1 broadcast in")
+    for program, count in ((worker, "1 task in"), (listener, "1 broadcast in")):
+        program.process.send_signal(signal.SIGINT)
+        assert program.finish() == 130
+        assert any(line.startswith(f"stopped after {count}") for line in program.seen)
