@@ -6,8 +6,12 @@ fails while docs/api.md is out of date.
 
 from __future__ import annotations
 
+import ast
+import enum
 import inspect
+import re
 import sys
+import textwrap
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -64,15 +68,167 @@ SECTIONS: list[tuple[str, ModuleType, list[str]]] = [
 ]
 
 
+# --------------------------------------------------------------------------- RST to Markdown
+
+_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj|const):`~?([^`]+)`")
+_LITERAL = re.compile(r"``(.+?)``")
+_SECTION = re.compile(
+    r"^(Args|Arguments|Parameters|Attributes|Raises|Returns|Yields|Keyword Args|Example|"
+    r"Examples|Note|Notes|Warning|Warnings|See Also):$"
+)
+#: sections whose entries are ``name: text``
+_ENTRY_SECTIONS = {"Args", "Arguments", "Parameters", "Attributes", "Raises", "Keyword Args"}
+_ENTRY = re.compile(r"^(\*{0,2}[\w.\[\], |]+?|\*{1,2}):\s*(.*)$")
+
+
+def _role(match: re.Match[str]) -> str:
+    target = match.group(1)
+    if ":`~" in match.group(0):  # :class:`~a.b.C` shows as C
+        target = target.rsplit(".", 1)[-1]
+    return f"`{target}`"
+
+
+def _inline(text: str) -> str:
+    """Inline RST: roles and double-backtick literals become Markdown code spans."""
+    text = _ROLE.sub(_role, text)
+    return _LITERAL.sub(lambda m: f"`{m.group(1)}`", text)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _language(code: str) -> str:
+    """``python`` if the block parses as Python (top-level ``await`` allowed), else ``text``."""
+    try:
+        ast.parse(code)
+    except SyntaxError:
+        try:
+            ast.parse("async def _():\n" + textwrap.indent(code, "    "))
+        except SyntaxError:
+            return "text"
+    return "python"
+
+
+def _block(lines: list[str], start: int, base: int) -> tuple[list[str], int]:
+    """The lines from ``start`` indented deeper than ``base`` (blank lines included, trailing
+    ones dropped); and the index after them."""
+    end = start
+    while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > base):
+        end += 1
+    block = lines[start:end]
+    while block and not block[-1].strip():
+        block.pop()
+        end -= 1 if end > start and not lines[end - 1].strip() else 0
+    return block, end
+
+
+def _fence(block: list[str]) -> list[str]:
+    code = textwrap.dedent("\n".join(block)).strip("\n")
+    return [f"```{_language(code)}", *code.splitlines(), "```"]
+
+
+def _section(name: str, block: list[str]) -> list[str]:
+    body = textwrap.dedent("\n".join(block)).splitlines()
+    out = [f"**{name}:**", ""]
+    if name not in _ENTRY_SECTIONS:
+        return [*out, *_markdown(body), ""]
+    entries: list[list[str]] = []
+    for line in body:
+        if not line.strip():
+            continue
+        if _indent(line) == 0 or not entries:
+            entries.append([line.strip()])
+        else:
+            entries[-1].append(line.strip())
+    for entry in entries:
+        text = " ".join(entry)
+        match = _ENTRY.match(text)
+        if match and " " not in match.group(1).strip("*").replace(", ", ","):
+            out.append(f"- `{match.group(1)}`: {_inline(match.group(2))}")
+        else:
+            out.append(f"- {_inline(text)}")
+    return [*out, ""]
+
+
+def _markdown(lines: list[str]) -> list[str]:
+    """Google-style RST docstring lines (dedented) as Markdown lines."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        section = _SECTION.match(stripped)
+        if section and _indent(line) == 0 and i + 1 < len(lines):
+            block, i = _block(lines, i + 1, 0)
+            if block:
+                if out and out[-1]:
+                    out.append("")
+                out += _section(section.group(1), block)
+                continue
+        if stripped.endswith("::") and not stripped.startswith(".."):
+            text = stripped[:-2].rstrip()
+            if text:
+                out.append(" " * _indent(line) + _inline(text) + ":")
+            block, i = _block(lines, i + 1, _indent(line))
+            if block:
+                if out and out[-1]:
+                    out.append("")
+                out += [*_fence(block), ""]
+            continue
+        out.append(_inline(line))
+        i += 1
+    while out and not out[-1]:
+        out.pop()
+    return out
+
+
+def _squeeze(lines: list[str]) -> list[str]:
+    """No two blank lines in a row outside code fences."""
+    out: list[str] = []
+    fenced = False
+    for line in lines:
+        if line.startswith("```"):
+            fenced = not fenced
+        if not fenced and not line.strip() and out and not out[-1].strip():
+            continue
+        out.append(line)
+    return out
+
+
 def _doc(obj: Any) -> str:
-    return inspect.cleandoc(obj.__doc__ or "").strip()
+    """``obj``'s docstring, in Markdown."""
+    text = inspect.cleandoc(obj.__doc__ or "").strip()
+    return "\n".join(_squeeze(_markdown(text.splitlines()))) if text else ""
+
+
+class _Annotation:
+    """A string annotation (``from __future__ import annotations``) shown unquoted."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def _signature(obj: Any) -> str:
     try:
-        return str(inspect.signature(obj))
+        sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return ""
+
+    def unquote(annotation: Any) -> Any:
+        return _Annotation(annotation) if isinstance(annotation, str) else annotation
+
+    def default(value: Any) -> Any:  # an enum sentinel shows as its name, not its repr
+        return _Annotation(value.name) if isinstance(value, enum.Enum) else value
+
+    params = [
+        p.replace(annotation=unquote(p.annotation), default=default(p.default))
+        for p in sig.parameters.values()
+    ]
+    return str(sig.replace(parameters=params, return_annotation=unquote(sig.return_annotation)))
 
 
 def _members(cls: type) -> list[tuple[str, Any]]:
@@ -83,6 +239,19 @@ def _members(cls: type) -> list[tuple[str, Any]]:
         if isinstance(value, property | staticmethod | classmethod) or inspect.isfunction(value):
             members.append((name, value))
     return members
+
+
+def _describe_value(obj: Any) -> str:
+    """A short line for a module-level value: its repr, or its type and content type."""
+    if len(repr(obj)) < 100:
+        return f"`{obj!r}`"
+    text = f"A `{type(obj).__name__}`"
+    content_type = getattr(obj, "content_type", None)
+    if content_type:
+        text += f" for content type `{content_type}`"
+    if getattr(obj, "unsafe", False):
+        text += " (unsafe: decoding may run code chosen by the sender)"
+    return text + "."
 
 
 def render() -> str:
@@ -114,7 +283,7 @@ def render() -> str:
                 target = getattr(obj, "__wrapped__", obj)
                 lines += [f"### `{name}{_signature(target)}`", "", _doc(target), ""]
             else:
-                lines += [f"### `{name}`", "", f"`{obj!r}`" if len(repr(obj)) < 100 else "", ""]
+                lines += [f"### `{name}`", "", _describe_value(obj), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
