@@ -21,10 +21,24 @@ Every broker has the users ``guest`` (password ``guest``, administrator) and ``k
 (for EXTERNAL authentication with :attr:`RabbitMQBroker.client_cert_pem_path`) and the virtual
 hosts ``/`` and ``kiwi-test``, both users having every permission on both.
 
+A broker can also run from a Debian tree of its own (``root=``): its binaries and Erlang come
+from that tree, each of its processes runs chrooted there with a private ``/proc`` mount
+(``unshare --mount``: nothing stays mounted once the processes end), and its temporary
+directory lives below ``ROOT/tmp``. :func:`ensure_rabbitmq4_root` builds (once, then reuses) a
+Debian 13 "trixie" tree holding RabbitMQ 4 with ``debootstrap``, and
+:meth:`RabbitMQBroker.rabbitmq4` makes a broker on it configured like RabbitMQ 4.3's defaults
+(:data:`RABBITMQ_4_3_DEFAULTS`: no transient non-exclusive queues, no global QoS)::
+
+    root = ensure_rabbitmq4_root()  # /var/cache/kiwi-anyio/rabbitmq4-trixie
+    with RabbitMQBroker.rabbitmq4(root) as broker:
+        print(broker.server_version)  # 4.0.5
+
 As a command, ``python -m kiwi_anyio.testing.rabbitmq [--no-tls] -- CMD ARGS...`` starts a
 broker, runs ``CMD`` with the ``KIWI_ANYIO_TEST_*`` environment variables set (see
 :meth:`RabbitMQBroker.test_env`), stops the broker whatever happens and exits with ``CMD``'s
-exit code. Without ``CMD`` it keeps the broker up until interrupted.
+exit code. Without ``CMD`` it keeps the broker up until interrupted. ``--rabbitmq4 ROOT``
+starts the RabbitMQ 4 broker of the tree ``ROOT`` instead of the system's; ``--also-rabbitmq4
+ROOT`` starts both and describes the second with the ``KIWI_ANYIO_TEST4_*`` variables.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import atexit
 import base64
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -47,18 +62,21 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
 __all__ = [
+    "DEFAULT_RABBITMQ4_ROOT",
+    "RABBITMQ_4_3_DEFAULTS",
     "BrokerCtlError",
     "BrokerError",
     "BrokerInfo",
     "BrokerStartError",
     "RabbitMQBroker",
     "RabbitMQCluster",
+    "ensure_rabbitmq4_root",
     "main",
 ]
 
@@ -72,6 +90,37 @@ ENV_CA = "KIWI_ANYIO_TEST_CA"
 ENV_CLIENT_CERT = "KIWI_ANYIO_TEST_CLIENT_CERT"
 ENV_CLIENT_KEY = "KIWI_ANYIO_TEST_CLIENT_KEY"
 ENV_BROKER_HOME = "KIWI_ANYIO_TEST_BROKER_HOME"
+ENV_BROKER_ROOT = "KIWI_ANYIO_TEST_BROKER_ROOT"
+ENV_BROKER_VERSION = "KIWI_ANYIO_TEST_BROKER_VERSION"
+#: The prefix of the variables above (``KIWI_ANYIO_TEST_URL`` is ``ENV_PREFIX + "URL"``).
+ENV_PREFIX = "KIWI_ANYIO_TEST_"
+#: The prefix of the variables describing the second broker of ``--also-rabbitmq4``
+#: (``KIWI_ANYIO_TEST4_URL``, ``KIWI_ANYIO_TEST4_BROKER_HOME``, ...).
+ENV4_PREFIX = "KIWI_ANYIO_TEST4_"
+# BrokerInfo field -> variable name without the prefix
+_ENV_FIELDS = {
+    "url": "URL",
+    "tls_url": "TLS_URL",
+    "ca": "CA",
+    "client_cert": "CLIENT_CERT",
+    "client_key": "CLIENT_KEY",
+    "home": "BROKER_HOME",
+    "root": "BROKER_ROOT",
+    "version": "BROKER_VERSION",
+}
+
+#: Where :func:`ensure_rabbitmq4_root` keeps its tree unless told otherwise (outside any
+#: checkout, so that it survives between test runs on one machine).
+DEFAULT_RABBITMQ4_ROOT = Path("/var/cache/kiwi-anyio/rabbitmq4-trixie")
+#: The Debian release whose ``rabbitmq-server`` (4.0.x) the tree holds.
+RABBITMQ4_SUITE = "trixie"
+#: ``rabbitmq.conf`` lines that make RabbitMQ 4.0 refuse what 4.3 refuses by default: a queue
+#: that is neither durable nor exclusive (541 INTERNAL_ERROR) and ``basic.qos`` with
+#: ``global=true``.
+RABBITMQ_4_3_DEFAULTS: tuple[str, ...] = (
+    "deprecated_features.permit.transient_nonexcl_queues = false",
+    "deprecated_features.permit.global_qos = false",
+)
 
 #: The user that EXTERNAL authentication with the client certificate logs in as.
 CLIENT_CERT_USER = "kiwi-client"
@@ -138,38 +187,89 @@ class BrokerInfo:
     client_key: str | None = None
     #: The broker's temporary directory (for :meth:`RabbitMQBroker.attach`), if known.
     home: str | None = None
+    #: The Debian tree the broker runs from (``root=``), None for the system's broker.
+    root: str | None = None
+    #: The RabbitMQ version, such as ``3.10.8`` or ``4.0.5``, if known.
+    version: str | None = None
 
-    def to_env(self) -> dict[str, str]:
-        """The ``KIWI_ANYIO_TEST_*`` environment variables describing this broker."""
-        pairs = {
-            ENV_URL: self.url,
-            ENV_TLS_URL: self.tls_url,
-            ENV_CA: self.ca,
-            ENV_CLIENT_CERT: self.client_cert,
-            ENV_CLIENT_KEY: self.client_key,
-            ENV_BROKER_HOME: self.home,
-        }
+    def to_env(self, prefix: str = ENV_PREFIX) -> dict[str, str]:
+        """The ``KIWI_ANYIO_TEST_*`` environment variables describing this broker.
+
+        ``prefix`` replaces ``KIWI_ANYIO_TEST_`` (:data:`ENV4_PREFIX` for a second broker).
+        """
+        pairs = {prefix + name: getattr(self, field) for field, name in _ENV_FIELDS.items()}
         return {key: value for key, value in pairs.items() if value}
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> BrokerInfo | None:
-        """Read the ``KIWI_ANYIO_TEST_*`` variables; None when ``KIWI_ANYIO_TEST_URL`` is unset."""
+    def env_names(cls, prefix: str = ENV_PREFIX) -> list[str]:
+        """Every variable name :meth:`to_env` may set with ``prefix``."""
+        return [prefix + name for name in _ENV_FIELDS.values()]
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, prefix: str = ENV_PREFIX
+    ) -> BrokerInfo | None:
+        """Read the ``KIWI_ANYIO_TEST_*`` variables; None when ``KIWI_ANYIO_TEST_URL`` is unset.
+
+        ``prefix`` replaces ``KIWI_ANYIO_TEST_`` (:data:`ENV4_PREFIX` for a second broker).
+        """
         env = os.environ if environ is None else environ
-        url = env.get(ENV_URL)
+        url = env.get(prefix + "URL")
         if not url:
             return None
+
+        def get(field: str) -> str | None:
+            return env.get(prefix + _ENV_FIELDS[field]) or None
+
         return cls(
             url=url,
-            tls_url=env.get(ENV_TLS_URL) or None,
-            ca=env.get(ENV_CA) or None,
-            client_cert=env.get(ENV_CLIENT_CERT) or None,
-            client_key=env.get(ENV_CLIENT_KEY) or None,
-            home=env.get(ENV_BROKER_HOME) or None,
+            tls_url=get("tls_url"),
+            ca=get("ca"),
+            client_cert=get("client_cert"),
+            client_key=get("client_key"),
+            home=get("home"),
+            root=get("root"),
+            version=get("version"),
         )
 
 
 def _rabbitmq_bin_dir() -> Path:
     return Path(os.environ.get("KIWI_ANYIO_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
+
+
+# Where a Debian tree (``root=``) has RabbitMQ's scripts and epmd, as seen inside it.
+_ROOT_BIN_DIR = "/usr/lib/rabbitmq/bin"
+_ROOT_EPMD = "/usr/bin/epmd"
+_ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Runs "CMD ARGS..." chrooted in "$0" in a mount namespace of its own with /proc mounted there:
+# the mount is private to the processes started from it and goes away when the last one ends.
+# unshare and chroot exec (no fork), so the command keeps the pid the launcher sees.
+_IN_ROOT_SCRIPT = 'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"'
+
+
+def _in_root_command(root: Path, argv: Sequence[str]) -> list[str]:
+    """``argv`` (paths as seen inside ``root``) run chrooted in ``root`` with its own /proc."""
+    unshare = shutil.which("unshare") or "/usr/bin/unshare"
+    return [
+        unshare,
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        _IN_ROOT_SCRIPT,
+        str(root),
+        *argv,
+    ]
+
+
+def _rabbitmq_version(bin_dir: Path) -> str | None:
+    """The version of the RabbitMQ whose scripts are in ``bin_dir`` (``lib/rabbitmq_server-V``)."""
+    found = sorted((bin_dir.parent / "lib").glob("rabbitmq_server-*"))
+    if not found:
+        return None
+    return found[-1].name.removeprefix("rabbitmq_server-")
 
 
 def _epmd_path() -> str:
@@ -315,6 +415,14 @@ class RabbitMQBroker:
     is not installed, see :attr:`tls_enabled`) that also offers EXTERNAL authentication with
     the client certificate. ``plugins`` are the RabbitMQ plugins to enable.
 
+    ``root`` runs the broker from a Debian tree (such as :func:`ensure_rabbitmq4_root` makes)
+    instead of the system's ``rabbitmq-server``: epmd, the node and ``rabbitmqctl`` run
+    chrooted there, each through ``unshare --mount`` with a private ``/proc`` mount, and the
+    temporary directory is made below ``ROOT/tmp`` (:attr:`home` is its path from outside; the
+    broker sees it without the ``ROOT`` prefix). This needs root privileges (chroot, mount).
+    ``extra_config`` are lines appended to the node's ``rabbitmq.conf``
+    (:data:`RABBITMQ_4_3_DEFAULTS`, for instance); :meth:`rabbitmq4` combines both.
+
     Use :meth:`start` and :meth:`stop`, or the broker as a context manager. :meth:`restart`
     keeps the data directory (durable queues survive), :meth:`kill` crashes the node for fault
     tests. :meth:`attach` gives another process a handle on a running broker.
@@ -326,11 +434,16 @@ class RabbitMQBroker:
         plugins: Sequence[str] = ("rabbitmq_auth_mechanism_ssl",),
         *,
         startup_timeout: float = 60.0,
+        root: str | os.PathLike[str] | None = None,
+        extra_config: Sequence[str] = (),
     ) -> None:
         #: Whether TLS was asked for.
         self.tls_requested = tls
         #: The plugins enabled on the node.
         self.plugins: tuple[str, ...] = tuple(plugins)
+        #: Lines appended to the node's ``rabbitmq.conf``.
+        self.extra_config: tuple[str, ...] = tuple(extra_config)
+        self._root = None if root is None else Path(root).absolute()
         #: Seconds :meth:`start` waits for the broker to answer before it gives up.
         self.startup_timeout = startup_timeout
         #: Seconds the last :meth:`start` or :meth:`restart` took until the broker answered.
@@ -346,7 +459,27 @@ class RabbitMQBroker:
         self._epmd_pid: int | None = None
         self._running = False
         self._atexit_registered = False
-        self._home_parent: Path | None = None  # where the temporary directory is made
+        # where the temporary directory is made
+        self._home_parent: Path | None = None if self._root is None else self._root / "tmp"
+
+    @classmethod
+    def rabbitmq4(
+        cls,
+        root: str | os.PathLike[str] = DEFAULT_RABBITMQ4_ROOT,
+        tls: bool = True,
+        plugins: Sequence[str] = ("rabbitmq_auth_mechanism_ssl",),
+        *,
+        startup_timeout: float = 60.0,
+    ) -> RabbitMQBroker:
+        """A broker running the RabbitMQ 4 of the tree ``root`` (see
+        :func:`ensure_rabbitmq4_root`), configured with :data:`RABBITMQ_4_3_DEFAULTS`."""
+        return cls(
+            tls=tls,
+            plugins=plugins,
+            startup_timeout=startup_timeout,
+            root=root,
+            extra_config=RABBITMQ_4_3_DEFAULTS,
+        )
 
     # -- public properties -------------------------------------------------------------------
 
@@ -363,6 +496,19 @@ class RabbitMQBroker:
         if not self._node:
             raise BrokerError("the broker has not been started")
         return self._node
+
+    @property
+    def root(self) -> Path | None:
+        """The Debian tree the broker runs from, or None for the system's ``rabbitmq-server``."""
+        return self._root
+
+    @property
+    def server_version(self) -> str | None:
+        """The RabbitMQ version the broker runs (``3.10.8``, ``4.0.5``), read from the
+        installed files; None if they do not say."""
+        if self._root is None:
+            return _rabbitmq_version(_rabbitmq_bin_dir())
+        return _rabbitmq_version(self._root / _ROOT_BIN_DIR.lstrip("/"))
 
     @property
     def running(self) -> bool:
@@ -427,8 +573,10 @@ class RabbitMQBroker:
 
     def info(self) -> BrokerInfo:
         """A :class:`BrokerInfo` for this broker."""
+        root = None if self._root is None else str(self._root)
+        version = self.server_version
         if not self._tls:
-            return BrokerInfo(url=self.url, home=str(self.home))
+            return BrokerInfo(url=self.url, home=str(self.home), root=root, version=version)
         return BrokerInfo(
             url=self.url,
             tls_url=self.tls_url,
@@ -436,6 +584,8 @@ class RabbitMQBroker:
             client_cert=str(self.client_cert_pem_path),
             client_key=str(self.client_key_pem_path),
             home=str(self.home),
+            root=root,
+            version=version,
         )
 
     def test_env(self) -> dict[str, str]:
@@ -443,7 +593,8 @@ class RabbitMQBroker:
 
         ``KIWI_ANYIO_TEST_URL``, ``KIWI_ANYIO_TEST_BROKER_HOME`` and, with TLS,
         ``KIWI_ANYIO_TEST_TLS_URL``, ``KIWI_ANYIO_TEST_CA``, ``KIWI_ANYIO_TEST_CLIENT_CERT``
-        and ``KIWI_ANYIO_TEST_CLIENT_KEY``.
+        and ``KIWI_ANYIO_TEST_CLIENT_KEY``; ``KIWI_ANYIO_TEST_BROKER_VERSION`` when the version
+        is known and ``KIWI_ANYIO_TEST_BROKER_ROOT`` for a broker with ``root``.
         """
         return self.info().to_env()
 
@@ -544,7 +695,12 @@ class RabbitMQBroker:
             state = json.loads((path / _STATE_FILE).read_text())
         except (OSError, ValueError) as exc:
             raise BrokerError(f"no broker state in {path}: {exc}") from exc
-        broker = cls(tls=bool(state["tls"]), plugins=state["plugins"])
+        broker = cls(
+            tls=bool(state["tls"]),
+            plugins=state["plugins"],
+            root=state.get("root"),
+            extra_config=state.get("extra_config", ()),
+        )
         broker._tls = bool(state["tls"])
         broker._home = path
         broker._owns_home = False
@@ -562,7 +718,7 @@ class RabbitMQBroker:
 
         Raises :class:`BrokerCtlError` (with the output) on a non-zero exit.
         """
-        cmd = [str(_rabbitmq_bin_dir() / "rabbitmqctl"), "-q", "-n", self.node, *args]
+        cmd = self._command(self._bin("rabbitmqctl"), "-q", "-n", self.node, *args)
         try:
             proc = subprocess.run(
                 cmd,
@@ -609,9 +765,55 @@ class RabbitMQBroker:
         if self._home is None:
             raise BrokerError("the broker has not been started")
 
+    def _inner(self, path: Path) -> str:
+        """``path`` (below :attr:`root` for a broker with ``root``) as the broker sees it."""
+        if self._root is None:
+            return str(path)
+        return "/" + str(path.relative_to(self._root))
+
+    def _bin(self, name: str) -> str:
+        """The path of RabbitMQ's script ``name`` as the broker sees it."""
+        if self._root is None:
+            return str(_rabbitmq_bin_dir() / name)
+        return f"{_ROOT_BIN_DIR}/{name}"
+
+    def _command(self, *argv: str) -> list[str]:
+        """The command line running ``argv`` (paths as the broker sees them)."""
+        if self._root is None:
+            return list(argv)
+        return _in_root_command(self._root, argv)
+
+    def _check_root(self) -> None:
+        """For a broker with ``root``: fail early and clearly if the tree or chroot is unusable."""
+        root = self._root
+        if root is None:
+            return
+        server = root / _ROOT_BIN_DIR.lstrip("/") / "rabbitmq-server"
+        if not server.exists():
+            raise BrokerStartError(
+                f"{server} not found: {root} is no RabbitMQ tree (see ensure_rabbitmq4_root)"
+            )
+        try:
+            proc = subprocess.run(
+                _in_root_command(root, ["/bin/true"]),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=30.0,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BrokerStartError(f"cannot run a command chrooted in {root}: {exc}") from exc
+        if proc.returncode != 0:
+            raise BrokerStartError(
+                f"cannot run a command chrooted in {root} with its own /proc (needs root and "
+                f"unshare): exit code {proc.returncode}: "
+                f"{proc.stderr.decode('utf-8', 'replace').strip()}"
+            )
+
     def _env(self) -> dict[str, str]:
-        """The environment for epmd, rabbitmq-server and rabbitmqctl."""
+        """The environment for epmd, rabbitmq-server and rabbitmqctl (paths as they see them)."""
         home = self.home
+        inner = self._inner
         env = {
             key: value
             for key, value in os.environ.items()
@@ -619,9 +821,11 @@ class RabbitMQBroker:
             and key not in ("NOTIFY_SOCKET", "CONF_ENV_FILE")
         }
         base = self._base_port
+        if self._root is not None:
+            env["PATH"] = _ROOT_PATH
         env.update(
             {
-                "HOME": str(home),
+                "HOME": inner(home),
                 _MARK_VAR: str(home),
                 "LANG": "C.UTF-8",
                 "LC_ALL": "C.UTF-8",
@@ -633,15 +837,15 @@ class RabbitMQBroker:
                 "RABBITMQ_CTL_DIST_PORT_MAX": str(base + _OFFSET_CTL_MAX),
                 "ERL_EPMD_PORT": str(self.epmd_port),
                 "ERL_EPMD_ADDRESS": "127.0.0.1",
-                "ERL_CRASH_DUMP": str(home / "erl_crash.dump"),
-                "RABBITMQ_CONF_ENV_FILE": str(home / "rabbitmq-env.conf"),
-                "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
-                "RABBITMQ_ADVANCED_CONFIG_FILE": str(home / "advanced.config"),
-                "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
-                "RABBITMQ_PLUGINS_EXPAND_DIR": str(home / "plugins-expand"),
-                "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
-                "RABBITMQ_LOG_BASE": str(home / "log"),
-                "RABBITMQ_PID_FILE": str(home / "beam.pid"),
+                "ERL_CRASH_DUMP": inner(home / "erl_crash.dump"),
+                "RABBITMQ_CONF_ENV_FILE": inner(home / "rabbitmq-env.conf"),
+                "RABBITMQ_CONFIG_FILE": inner(home / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": inner(home / "advanced.config"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": inner(home / "enabled_plugins"),
+                "RABBITMQ_PLUGINS_EXPAND_DIR": inner(home / "plugins-expand"),
+                "RABBITMQ_MNESIA_BASE": inner(home / "mnesia"),
+                "RABBITMQ_LOG_BASE": inner(home / "log"),
+                "RABBITMQ_PID_FILE": inner(home / "beam.pid"),
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": _SERVER_ERL_ARGS,
                 "RABBITMQ_CTL_ERL_ARGS": _CTL_ERL_ARGS,
             }
@@ -720,15 +924,15 @@ class RabbitMQBroker:
             f"listeners.tcp.default = 127.0.0.1:{self.port}",
             "log.console = false",
             "log.file.level = info",
-            f"load_definitions = {home / 'definitions.json'}",
+            f"load_definitions = {self._inner(home / 'definitions.json')}",
         ]
         if self._tls:
             tls = home / "tls"
             lines += [
                 f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
-                f"ssl_options.cacertfile = {tls / 'ca.pem'}",
-                f"ssl_options.certfile = {tls / 'server_cert.pem'}",
-                f"ssl_options.keyfile = {tls / 'server_key.pem'}",
+                f"ssl_options.cacertfile = {self._inner(tls / 'ca.pem')}",
+                f"ssl_options.certfile = {self._inner(tls / 'server_cert.pem')}",
+                f"ssl_options.keyfile = {self._inner(tls / 'server_key.pem')}",
                 "ssl_options.verify = verify_peer",
                 "ssl_options.fail_if_no_peer_cert = false",
                 "auth_mechanisms.1 = PLAIN",
@@ -736,6 +940,7 @@ class RabbitMQBroker:
                 "auth_mechanisms.3 = EXTERNAL",
                 "ssl_cert_login_from = common_name",
             ]
+        lines += self.extra_config
         (home / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
 
     def _ports_free(self, base: int) -> bool:
@@ -748,6 +953,7 @@ class RabbitMQBroker:
     def _launch(self, *, pick_ports: bool) -> None:
         """Start epmd and the node; wait until AMQP answers."""
         t0 = time.monotonic()
+        self._check_root()
         rng = random.SystemRandom()
         for attempt in range(20 if pick_ports else 1):
             if pick_ports:
@@ -777,8 +983,9 @@ class RabbitMQBroker:
     def _start_epmd(self) -> bool:
         home = self.home
         with open(home / "epmd.stdout", "ab") as out:
+            epmd = _epmd_path() if self._root is None else _ROOT_EPMD
             proc = subprocess.Popen(
-                [_epmd_path(), "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                self._command(epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"),
                 env=self._env(),
                 cwd=home,
                 stdin=subprocess.DEVNULL,
@@ -806,15 +1013,15 @@ class RabbitMQBroker:
         home = self.home
         with contextlib.suppress(FileNotFoundError):
             (home / "beam.pid").unlink()
-        server = _rabbitmq_bin_dir() / "rabbitmq-server"
-        if not server.exists():
+        server = self._bin("rabbitmq-server")
+        if self._root is None and not Path(server).exists():
             raise BrokerStartError(f"{server} not found: install Debian's rabbitmq-server")
         with (
             open(home / "server.stdout", "ab") as out,
             open(home / "server.stderr", "ab") as err,
         ):
             proc = subprocess.Popen(
-                [str(server)],
+                self._command(server),
                 env=self._env(),
                 cwd=home,
                 stdin=subprocess.DEVNULL,
@@ -861,6 +1068,9 @@ class RabbitMQBroker:
             "epmd_port": self.epmd_port,
             "ctl_ports": [self._base_port + _OFFSET_CTL_MIN, self._base_port + _OFFSET_CTL_MAX],
             "plugins": list(self.plugins),
+            "root": None if self._root is None else str(self._root),
+            "extra_config": list(self.extra_config),
+            "version": self.server_version,
             "pid_file": str(home / "beam.pid"),
             "server_pid": self._server_pid,
             "epmd_pid": self._epmd_pid,
@@ -1292,6 +1502,238 @@ def _stop_cluster_at_exit(ref: weakref.ReferenceType[RabbitMQCluster]) -> None:
             cluster.stop()
 
 
+# -- the RabbitMQ 4 tree ----------------------------------------------------------------------
+
+# The stamp file of a complete tree, and the version of the recipe that made it: a tree made by
+# another recipe is rebuilt.
+_ROOT_STAMP = ".kiwi-anyio-root.json"
+_ROOT_RECIPE = 1
+_ROOT_INSTALL = (
+    "apt-get update -qq"
+    " && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends"
+    " rabbitmq-server"
+    " && apt-get clean"
+)
+
+
+def _root_stamp(root: Path) -> dict[str, Any] | None:
+    """The stamp of a complete tree made by this recipe, or None."""
+    try:
+        stamp = json.loads((root / _ROOT_STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("recipe") != _ROOT_RECIPE:
+        return None
+    if not (root / _ROOT_BIN_DIR.lstrip("/") / "rabbitmq-server").exists():
+        return None
+    return stamp
+
+
+def _host_debian_mirror() -> str | None:
+    """The Debian archive this machine's apt uses (``KIWI_ANYIO_DEBIAN_MIRROR`` overrides it).
+
+    The URI of an enabled ``deb`` source for the host's own Debian release; None when there is
+    none (not Debian, or nothing found), leaving debootstrap its default.
+    """
+    override = os.environ.get("KIWI_ANYIO_DEBIAN_MIRROR")
+    if override:
+        return override
+    try:
+        release = dict(
+            line.split("=", 1)
+            for line in Path("/etc/os-release").read_text().splitlines()
+            if "=" in line
+        )
+    except OSError:
+        return None
+    if release.get("ID", "").strip('"') != "debian":
+        return None
+    codename = release.get("VERSION_CODENAME", "").strip('"')
+    if not codename:
+        return None
+    apt = Path("/etc/apt")
+    for path in sorted((apt / "sources.list.d").glob("*.sources")):
+        with contextlib.suppress(OSError):
+            for stanza in path.read_text().split("\n\n"):
+                fields: dict[str, str] = {}
+                for line in stanza.splitlines():
+                    if ":" in line and not line.startswith(("#", " ")):
+                        key, value = line.split(":", 1)
+                        fields[key.strip().lower()] = value.strip()
+                if (
+                    "deb" in fields.get("types", "").split()
+                    and codename in fields.get("suites", "").split()
+                    and fields.get("enabled", "yes").lower() != "no"
+                    and fields.get("uris")
+                ):
+                    return fields["uris"].split()[0]
+    lists = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]
+    for path in lists:
+        with contextlib.suppress(OSError):
+            for line in path.read_text().splitlines():
+                words = line.split("#", 1)[0].split()
+                if words[:1] != ["deb"]:
+                    continue
+                words = words[1:]
+                if words and words[0].startswith("["):
+                    while words and not words[0].endswith("]"):
+                        words.pop(0)
+                    words = words[1:]
+                if len(words) >= 2 and words[1] == codename:
+                    return words[0]
+    return None
+
+
+def _processes_in_tree(root: Path) -> list[int]:
+    """Pids of processes whose root directory or working directory is inside ``root``."""
+    found = []
+    prefix = str(root).rstrip("/") + "/"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        for link in ("root", "cwd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{entry}/{link}")
+                if (target + "/").startswith(prefix):
+                    found.append(int(entry))
+                    break
+    return found
+
+
+def _remove_tree(root: Path) -> None:
+    """Remove a tree this module made, unless a process runs in it or something is mounted."""
+    busy = _processes_in_tree(root)
+    if busy:
+        raise BrokerError(f"cannot remove {root}: processes {busy} run in it")
+    prefix = str(root).rstrip("/") + "/"
+    with open("/proc/self/mounts") as f:
+        mounted = [line.split()[1] for line in f if (line.split()[1] + "/").startswith(prefix)]
+    if mounted:
+        raise BrokerError(f"cannot remove {root}: {mounted} are mounted in it")
+    shutil.rmtree(root)
+
+
+def _run_logged(cmd: Sequence[str], log_path: Path, what: str, **kwargs: Any) -> None:
+    """Run ``cmd`` with its output appended to ``log_path``; BrokerError with the log's tail."""
+    with open(log_path, "ab") as out:
+        code = subprocess.run(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            **kwargs,
+        ).returncode
+    if code != 0:
+        raise BrokerError(f"{what} failed with exit code {code}:\n{_tail(log_path, 30)}")
+
+
+def _build_root(dest: Path, mirror: str | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """Make a Debian trixie tree with rabbitmq-server in the empty directory ``dest``.
+
+    Returns the facts for the stamp (version, seconds per step).
+    """
+    debootstrap = shutil.which("debootstrap") or shutil.which("debootstrap", path="/usr/sbin:/sbin")
+    if debootstrap is None:
+        raise BrokerError("debootstrap not found: apt-get install debootstrap")
+    log_path = dest.parent / f".{dest.name}.log"
+    log_path.write_bytes(b"")
+    t0 = time.monotonic()
+    cmd = [debootstrap, "--variant=minbase", RABBITMQ4_SUITE, str(dest)]
+    if mirror:
+        cmd.append(mirror)
+    say(f"debootstrap --variant=minbase {RABBITMQ4_SUITE} {dest} {mirror or ''}".rstrip())
+    _run_logged(cmd, log_path, "debootstrap")
+    t1 = time.monotonic()
+    say(f"debootstrap: {t1 - t0:.1f} s")
+    # No service starts from a package's postinst; the tests start their own broker.
+    policy = dest / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    (dest / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
+    with contextlib.suppress(OSError):
+        shutil.copyfile("/etc/resolv.conf", dest / "etc/resolv.conf")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KIWI_ANYIO_")}
+    env.update({"PATH": _ROOT_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
+    say("apt-get install rabbitmq-server (in the tree)")
+    _run_logged(
+        _in_root_command(dest, ["/bin/sh", "-c", _ROOT_INSTALL]),
+        log_path,
+        "installing rabbitmq-server in the tree",
+        env=env,
+    )
+    t2 = time.monotonic()
+    version = _rabbitmq_version(dest / _ROOT_BIN_DIR.lstrip("/"))
+    if version is None:
+        raise BrokerError(f"rabbitmq-server is not in {dest} after installing it")
+    say(f"rabbitmq-server {version}: {t2 - t1:.1f} s")
+    return {
+        "recipe": _ROOT_RECIPE,
+        "suite": RABBITMQ4_SUITE,
+        "mirror": mirror,
+        "rabbitmq": version,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "debootstrap_seconds": round(t1 - t0, 1),
+        "install_seconds": round(t2 - t1, 1),
+    }
+
+
+def ensure_rabbitmq4_root(
+    cache_dir: str | os.PathLike[str] = DEFAULT_RABBITMQ4_ROOT,
+    *,
+    mirror: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """A Debian 13 "trixie" tree with its ``rabbitmq-server`` (RabbitMQ 4.0) in ``cache_dir``.
+
+    Idempotent: a complete tree (its stamp file ``.kiwi-anyio-root.json`` names this recipe)
+    is reused at once. Otherwise the tree is built in ``.NAME.building`` beside it and renamed
+    into place once complete, so an interrupted build is never taken for a tree: the next call
+    removes what it left and starts again (``debootstrap --variant=minbase``, then ``apt-get
+    install rabbitmq-server`` in the tree with services kept from starting; about half a
+    minute and 500 MB). A lock file beside the tree makes concurrent calls wait for one build.
+
+    Needs root, ``debootstrap`` and ``unshare``, and reaches Debian's archive: ``mirror``, else
+    the one this machine's apt uses for its own release (``KIWI_ANYIO_DEBIAN_MIRROR``
+    overrides it), else debootstrap's default. ``log`` receives progress lines (default:
+    standard error). Raises :class:`BrokerError` when the build fails, or when ``cache_dir``
+    exists and holds something other than a tree made here.
+    """
+    dest = Path(cache_dir).absolute()
+    say = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    if _root_stamp(dest) is not None:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _root_stamp(dest) is not None:
+            return dest  # built by another process meanwhile
+        building = dest.parent / f".{dest.name}.building"
+        if building.exists():
+            say(f"removing the half-made tree {building}")
+            _remove_tree(building)
+        if dest.exists():
+            if (dest / _ROOT_STAMP).exists():
+                say(f"removing the outdated or damaged tree {dest}")
+                _remove_tree(dest)
+            elif any(dest.iterdir()):
+                raise BrokerError(f"{dest} exists and is not a tree made by ensure_rabbitmq4_root")
+            else:
+                dest.rmdir()
+        building.mkdir()
+        try:
+            stamp = _build_root(
+                building, mirror if mirror is not None else _host_debian_mirror(), say
+            )
+            (building / _ROOT_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _remove_tree(building)
+            raise
+        os.rename(building, dest)
+    return dest
+
+
 # -- command line ----------------------------------------------------------------------------
 
 
@@ -1389,10 +1831,30 @@ class _SignalState:
                         child.send_signal(sig)
 
 
+_USAGE = (
+    "usage: python -m kiwi_anyio.testing.rabbitmq [--no-tls] [--rabbitmq4 ROOT | "
+    "--also-rabbitmq4 ROOT] [-- CMD ARGS...]"
+)
+
+
+def _describe(broker: RabbitMQBroker) -> str:
+    version = broker.server_version or "version unknown"
+    where = f", chroot {broker.root}" if broker.root is not None else ""
+    tls_note = f", {broker.tls_url}" if broker.tls_enabled else ", no TLS"
+    return (
+        f"broker {broker.node} (RabbitMQ {version}{where}) up at {broker.url}{tls_note} "
+        f"in {broker.last_start_seconds:.1f} s (directory {broker.home})"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Start a broker, run the command after ``--`` against it, stop the broker.
 
-    Returns the command's exit code (128 + N when it died of signal N).
+    Options: ``--no-tls``; ``--rabbitmq4 ROOT`` runs the RabbitMQ 4 broker of the tree ``ROOT``
+    (:meth:`RabbitMQBroker.rabbitmq4`) instead of the system's; ``--also-rabbitmq4 ROOT``
+    starts both, the system's described by the ``KIWI_ANYIO_TEST_*`` variables and the
+    RabbitMQ 4 one by the ``KIWI_ANYIO_TEST4_*`` ones. Returns the command's exit code (128 + N
+    when it died of signal N).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if "--" in args:
@@ -1401,38 +1863,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         options, command = args, []
     tls = True
-    for option in options:
+    instead: str | None = None
+    also: str | None = None
+    while options:
+        option = options.pop(0)
+        name, eq, value = option.partition("=")
         if option == "--no-tls":
             tls = False
+        elif name in ("--rabbitmq4", "--also-rabbitmq4"):
+            if not eq:
+                if not options:
+                    print(f"{name} needs a directory\n{_USAGE}", file=sys.stderr)
+                    return 2
+                value = options.pop(0)
+            if name == "--rabbitmq4":
+                instead = value
+            else:
+                also = value
         elif option in ("-h", "--help"):
-            print("usage: python -m kiwi_anyio.testing.rabbitmq [--no-tls] [-- CMD ARGS...]")
+            print(_USAGE)
             return 0
         else:
-            print(f"unknown option {option!r}", file=sys.stderr)
+            print(f"unknown option {option!r}\n{_USAGE}", file=sys.stderr)
             return 2
+    if instead is not None and also is not None:
+        print(f"--rabbitmq4 and --also-rabbitmq4 exclude each other\n{_USAGE}", file=sys.stderr)
+        return 2
 
     _become_subreaper()
     state = _SignalState()
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, state.handle) for sig in handled}
-    broker = RabbitMQBroker(tls=tls)
+    if instead is not None:
+        brokers = [RabbitMQBroker.rabbitmq4(instead, tls=tls)]
+    else:
+        brokers = [RabbitMQBroker(tls=tls)]
+    if also is not None:
+        brokers.append(RabbitMQBroker.rabbitmq4(also, tls=tls))
     prog = "kiwi_anyio.testing.rabbitmq"
     code = 0
     try:
-        try:
-            broker.start()
-        except BrokerStartError as exc:
-            print(f"{prog}: {exc}", file=sys.stderr, flush=True)
-            return 1
-        tls_note = f", {broker.tls_url}" if broker.tls_enabled else ", no TLS"
-        print(
-            f"{prog}: broker {broker.node} up at {broker.url}{tls_note} "
-            f"in {broker.last_start_seconds:.1f} s (directory {broker.home})",
-            flush=True,
-        )
-        ours = (ENV_URL, ENV_TLS_URL, ENV_CA, ENV_CLIENT_CERT, ENV_CLIENT_KEY, ENV_BROKER_HOME)
+        for broker in brokers:
+            try:
+                broker.start()
+            except BrokerStartError as exc:
+                print(f"{prog}: {exc}", file=sys.stderr, flush=True)
+                return 1
+            print(f"{prog}: {_describe(broker)}", flush=True)
+        ours = BrokerInfo.env_names(ENV_PREFIX) + BrokerInfo.env_names(ENV4_PREFIX)
         env = {key: value for key, value in os.environ.items() if key not in ours}
-        env.update(broker.test_env())
+        env.update(brokers[0].test_env())
+        if len(brokers) > 1:
+            env.update(brokers[1].info().to_env(ENV4_PREFIX))
         if command:
             child = subprocess.Popen(command, env=env)
             state.child = child
@@ -1454,14 +1936,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         state.stopping = True
         t0 = time.monotonic()
         try:
-            broker.stop()
+            _stop_all(brokers)
         finally:
             _reap_children()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        if broker.last_start_seconds is not None:
-            print(f"{prog}: broker stopped in {time.monotonic() - t0:.1f} s", flush=True)
+        if any(broker.last_start_seconds is not None for broker in brokers):
+            noun = "brokers" if len(brokers) > 1 else "broker"
+            print(f"{prog}: {noun} stopped in {time.monotonic() - t0:.1f} s", flush=True)
     return code
+
+
+def _stop_all(brokers: Sequence[RabbitMQBroker]) -> None:
+    """Stop every broker, the last started first; raise the first failure after trying all."""
+    failure: BaseException | None = None
+    for broker in reversed(brokers):
+        try:
+            broker.stop()
+        except BaseException as exc:  # raised below, once every broker was tried
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 if __name__ == "__main__":
