@@ -409,7 +409,15 @@ class _Parser:
             self.fail("missing scheme; expected amqp:// or amqps://")
         scheme = url[:colon].lower()
         if scheme not in _PORTS:
-            self.fail(f"unsupported scheme {self.show((0, colon))}; expected 'amqp' or 'amqps'")
+            hint = (
+                " (memory:// is the in-process broker: kiwi_anyio.connect() takes it, and "
+                "kiwi_anyio.memory.connect() gives its channel-level API)"
+                if scheme == "memory"
+                else ""
+            )
+            self.fail(
+                f"unsupported scheme {self.show((0, colon))}; expected 'amqp' or 'amqps'{hint}"
+            )
         if not url.startswith("//", colon + 1):
             self.fail(f"expected '//' after '{scheme}:'")
         if "#" in url:
