@@ -14,12 +14,14 @@ the ``with`` block exits is never lost.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._pending import DEFAULT, Timeout
 from .exceptions import CommunicatorClosed
 from .futures import Future
 
@@ -113,9 +115,13 @@ class BlockingTaskQueue:
         """The queue's name."""
         return self._queue.name
 
-    def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any] | None:
+    def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Timeout = DEFAULT
+    ) -> concurrent.futures.Future[Any] | None:
         """Send a task; returns once the broker confirmed it (see ``TaskQueue.task_send``)."""
-        future = self._blocking._call(self._queue.task_send, task, no_reply)
+        future = self._blocking._call(
+            functools.partial(self._queue.task_send, timeout=timeout), task, no_reply
+        )
         return None if future is None else to_thread_future(future)
 
     def add_task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
@@ -214,14 +220,26 @@ class BlockingCommunicator:
         self._live_portal()
         return BlockingTaskQueue(self, self._comm.task_queue(name, prefetch_count, prefetch_size))
 
-    def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any] | None:
-        """Send a task to the default queue; returns once the broker confirmed it."""
-        future = self._call(self._comm.task_send, task, no_reply)
+    def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Timeout = DEFAULT
+    ) -> concurrent.futures.Future[Any] | None:
+        """Send a task to the default queue; returns once the broker confirmed it.
+
+        ``timeout``: as :meth:`Communicator.task_send`."""
+        future = self._call(
+            functools.partial(self._comm.task_send, timeout=timeout), task, no_reply
+        )
         return None if future is None else to_thread_future(future)
 
-    def rpc_send(self, recipient_id: str, msg: Any) -> concurrent.futures.Future[Any]:
-        """Call an RPC subscriber (``UnroutableError`` if there is none)."""
-        return to_thread_future(self._call(self._comm.rpc_send, recipient_id, msg))
+    def rpc_send(
+        self, recipient_id: str, msg: Any, *, timeout: Timeout = DEFAULT
+    ) -> concurrent.futures.Future[Any]:
+        """Call an RPC subscriber (``UnroutableError`` if there is none).
+
+        ``timeout``: as :meth:`Communicator.rpc_send`."""
+        return to_thread_future(
+            self._call(functools.partial(self._comm.rpc_send, timeout=timeout), recipient_id, msg)
+        )
 
     def broadcast_send(
         self,

@@ -29,7 +29,7 @@ import os
 import random
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, Self, cast
@@ -39,6 +39,7 @@ import anyio.abc
 import anyio.to_thread
 
 from . import _wire as wire
+from ._pending import DEFAULT, PendingReplies, Timeout
 from ._signal import new_signal
 from .blocking import BlockingCommunicator, open_blocking
 from .codecs import YAML, Codec, codec_from_functions, decoder_for
@@ -49,6 +50,7 @@ from .exceptions import (
     CommunicatorClosed,
     ConnectionClosed,
     ConnectionFailed,
+    ConsumerCancelled,
     DeliveryFailed,
     DuplicateSubscriberIdentifier,
     KiwiError,
@@ -72,12 +74,18 @@ __all__ = ["Communicator", "IncomingTask", "TaskQueue", "connect"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL: Final = "amqp://guest:guest@127.0.0.1/"
+
 DEFAULT_TASK_PREFETCH: Final = 1
 DEFAULT_RPC_PREFETCH: Final = 256
 REQUEUE_DELAY: Final = 1.0  # seconds before a task every subscriber rejected is requeued
 SETTLE_TIMEOUT: Final = 5.0  # seconds a finished request may take to be answered and acked
 NEXT_TASK_POLL: Final = 0.05
 DEFAULT_NACK_RETRY: Final = 30.0  # seconds a nacked publish is sent again
+# Replies go through the default exchange, straight to the requester's queue by its name: a
+# reply needs no binding, so one sent while the requester is still re-binding its reply queue
+# after a broker restart (the task and message exchanges are transient) is not dropped.
+REPLY_EXCHANGE: Final = ""
+DEFAULT_LOST_REPLY_GRACE: Final = 30.0  # seconds a reply that may be lost is still awaited
 STABLE_LINK: Final = 1.0  # seconds a link must stay up before the reconnect backoff resets
 HANDLER_POOL_KEEP: Final = 128  # parked handler tasks kept per consumer
 
@@ -92,9 +100,13 @@ class _RequestIds:
     """Unique request ids shaped like UUID 4s, without a system call each.
 
     80 random bits (with UUID 4's version and variant) chosen per communicator, then a
-    48-bit counter: ids never repeat within a communicator and collide across communicators
-    only as two random 74-bit numbers would. ``uuid.uuid4()`` reads ``os.urandom`` for
-    every id (about 3 % of the client's CPU time in a stream of task round trips).
+    32-bit counter and a 16-bit check of the counter: ids never repeat within a communicator
+    (until 2**32 requests) and collide across communicators only as two random 74-bit
+    numbers would. Two ids of one communicator differ in at least two hex digits (the
+    check of two counters that differ in one digit differs too), so a correlation id with
+    one digit changed in transit never matches another request in flight.
+    ``uuid.uuid4()`` reads ``os.urandom`` for every id (about 3 % of the client's CPU time
+    in a stream of task round trips).
     """
 
     __slots__ = ("__weakref__", "_count", "_prefix")
@@ -111,8 +123,21 @@ class _RequestIds:
 
     def next_hex(self) -> str:
         """The next id as 32 hex digits."""
-        self._count += 1
-        return f"{self._prefix}{self._count & 0xFFFFFFFFFFFF:012x}"
+        self._count = count = (self._count + 1) & 0xFFFFFFFF
+        return f"{self._prefix}{count:08x}{_check16(count):04x}"
+
+
+def _check16(count: int) -> int:
+    """A 16-bit check of a 32-bit counter; its first hex digit changes whenever one hex digit
+    of ``count`` does.
+
+    That digit is the sum of the counter's hex digits modulo 16 (changing one digit by
+    1..15 changes the sum by as much); the other three mix the counter, for a wider spread.
+    """
+    nibbles = (count & 0x0F0F0F0F) + ((count >> 4) & 0x0F0F0F0F)
+    digit_sum = ((nibbles * 0x01010101) >> 24) & 0xF
+    mixed = (count * 0x9E3779B1) >> 20
+    return (digit_sum << 12) | (mixed & 0xFFF)
 
 
 _ALL_REQUEST_IDS: weakref.WeakSet[_RequestIds] = weakref.WeakSet()
@@ -422,12 +447,7 @@ class TaskQueue:
                 arguments["x-expires"] = wire.TESTING_TASK_QUEUE_EXPIRES
             if comm.queue_type is not None:
                 arguments["x-queue-type"] = comm.queue_type
-            await comm._declare(
-                lambda ch: ch.queue_declare(
-                    self.name, durable=not comm.testing_mode, arguments=arguments
-                ),
-                f"task queue {self.name!r}",
-            )
+            await comm._declare_task_queue(self.name, arguments)
             await comm._declare(
                 lambda ch: ch.queue_bind(self.name, self.exchange, routing_key=self.name),
                 f"binding of task queue {self.name!r}",
@@ -441,14 +461,28 @@ class TaskQueue:
         return self._channel
 
     async def _open_consumer_channel(self, connection: Connection) -> Channel:
+        # declared again at every (re)start of the consumer: the queue may have been deleted
+        self._declared = False
         await self._ensure_declared()
         return await connection.channel(prefetch_count=self.prefetch_count)
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Future[Any] | None:
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Timeout = DEFAULT
+    ) -> Future[Any] | None:
         """Send a task; return once the broker confirmed it.
 
+        Args:
+            task: the task (any value the codec can encode).
+            no_reply: send it without a reply (no future).
+            timeout: seconds the future waits for the result before it fails with
+                :class:`~kiwi_anyio.RequestTimeout` (the task is still done, later, if no
+                worker has taken it yet); ``None``: no limit. Default: the communicator's
+                ``request_timeout``.
+
         Returns:
-            A future of the worker's result (``None`` with ``no_reply``).
+            A future of the worker's result (``None`` with ``no_reply``). It fails with
+            :class:`~kiwi_anyio.RequestLost` if its reply can no longer come (the task queue
+            was deleted with the task in it, the reply queue was lost).
 
         Raises:
             CommunicatorClosed: the communicator is closed.
@@ -462,15 +496,23 @@ class TaskQueue:
         comm = self._comm
         comm._check_open()
         body = comm._codec.encode((task, no_reply))
-        return await comm._send_request(
-            body,
-            exchange=self.exchange,
-            routing_key=self.name,
-            persistent=True,
-            no_reply=no_reply,
-            what=f"task to queue {self.name!r}",
-            prepare=self._ensure_declared,
-        )
+        try:
+            return await comm._send_request(
+                body,
+                exchange=self.exchange,
+                routing_key=self.name,
+                persistent=True,
+                no_reply=no_reply,
+                what=f"task to queue {self.name!r}",
+                timeout=comm._timeout(timeout),
+                prepare=self._ensure_declared,
+            )
+        except MessageReturned as exc:
+            self._declared = False  # deleted by someone: declared again by the next send
+            raise UnroutableError(
+                f"task queue {self.name!r} is not bound to exchange {self.exchange!r} (was "
+                f"it deleted?): {exc}"
+            ) from None
 
     async def add_task_subscriber(
         self, subscriber: Subscriber, identifier: str | None = None
@@ -664,7 +706,8 @@ class Communicator:
         codec: a :class:`~kiwi_anyio.codecs.Codec` instead of encoder/decoder (default:
             YAML written as kiwiPy writes it, decoded safely).
         queue_expires: ms an unused RPC queue lives (``x-expires``).
-        testing_mode: auto-delete exchanges and a non-durable task queue, as kiwiPy.
+        testing_mode: auto-delete exchanges and task queues that expire (``x-expires``),
+            as kiwiPy (transient on RabbitMQ 3.x, durable on 4.x).
         queue_type: ``"quorum"`` to declare task queues as quorum queues (new queues only).
         reconnect: recover from a lost connection (on by default): reconnect with backoff,
             redeclare the topology and resume every subscriber. A refused login or an
@@ -679,6 +722,14 @@ class Communicator:
             The first attempt follows the loss at once (within 50 ms); later ones back off
             from 0.25 s, doubling, jittered; a link that drops within 1 s of coming up goes
             on backing off instead of starting at once again.
+        request_timeout: the default ``timeout`` of :meth:`task_send` and :meth:`rpc_send`
+            (seconds): a future with no reply by then fails with
+            :class:`~kiwi_anyio.RequestTimeout`. ``None`` (the default, as kiwiPy): wait
+            until the reply comes, the request is known lost, or the communicator closes.
+        lost_reply_grace: once a request's reply may have been lost (the reply queue was
+            gone after a reconnection; the broker restarted while an RPC call was waiting),
+            how long its future stays open for a reply that may still come, before it fails
+            with :class:`~kiwi_anyio.RequestLost` (seconds).
         drain_timeout: on leaving ``async with``, stop taking new messages and let the
             subscriber calls in progress finish for up to this many seconds before they are
             cancelled (and their tasks requeued). Default 0: cancel at once.
@@ -711,6 +762,8 @@ class Communicator:
         nack_retry_timeout: float = DEFAULT_NACK_RETRY,
         reconnect_max_delay: float = 30.0,
         drain_timeout: float = 0.0,
+        request_timeout: float | None = None,
+        lost_reply_grace: float = DEFAULT_LOST_REPLY_GRACE,
         ssl_context: Any = None,
         **connection_options: Any,
     ) -> None:
@@ -758,11 +811,14 @@ class Communicator:
         self._reply_bound: set[str] = set()  # ... and is bound to on this connection
         self._reply_declared = False
         self._reply_lock = anyio.Lock()
+        self._default_exchange_refused = False  # see _reply_exchange
         self.reconnect = reconnect
         self.reconnect_timeout = reconnect_timeout
         self.reconnect_max_delay = reconnect_max_delay
         self.nack_retry_timeout = nack_retry_timeout
         self.drain_timeout = drain_timeout
+        self.request_timeout = request_timeout
+        self.lost_reply_grace = lost_reply_grace
         self._link_up = anyio.Event()
         self._generation = 0
         self._failure: BaseException | None = None
@@ -771,7 +827,7 @@ class Communicator:
         self._consuming_on: dict[_ConsumerHandle, Connection | None] = {}
         self._consumer_handles: set[_ConsumerHandle] = set()
         self._consumers_changed = anyio.Event()
-        self._pending: dict[str, Future[Any]] = {}
+        self._pending = PendingReplies()
         # replies being sent, then acks: scope -> the request's channel
         self._settling: dict[anyio.CancelScope, Channel] = {}
         # channels whose consumer is being stopped -> the deadline of their settles
@@ -841,6 +897,7 @@ class Communicator:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                tg.start_soon(self._pending.run)
                 try:
                     await tg.start(self._supervise)
                     self._state = "open"
@@ -851,6 +908,7 @@ class Communicator:
                     self._state = "closing"
                     with anyio.CancelScope(shield=True):
                         await self._stop_consumers()
+                        await self._delete_rpc_queues()
                     self._fail_pending()
                     tg.cancel_scope.cancel()
         finally:
@@ -908,6 +966,15 @@ class Communicator:
                     return
                 if attempt == 0:
                     logger.warning("%s: connection lost (%s); reconnecting", self, exc)
+                    if isinstance(exc, ConnectionClosed) and exc.reply_code == 320:
+                        # the broker shut down (a restart?): the RPC calls waiting in its
+                        # queues were transient, and are gone; tasks and their replies are
+                        # persistent and survive
+                        self._pending.at_risk(
+                            self.lost_reply_grace,
+                            "the broker shut down the connection (a restart?)",
+                            durable=False,
+                        )
                     self._notify("disconnected", exc)
                     backoff.lost(anyio.current_time())
                 else:
@@ -949,6 +1016,21 @@ class Communicator:
         with anyio.move_on_after(SETTLE_TIMEOUT + 1):
             for handle in handles:
                 await handle.done.wait()
+
+    async def _delete_rpc_queues(self) -> None:
+        """Delete the queues of the RPC subscribers (bounded): they are durable, and a call
+        to a closed communicator must be unroutable, not wait in a queue nobody consumes."""
+        queues = [queue for queue, _handle in self._rpc_subscribers.values()]
+        self._rpc_subscribers.clear()
+        if not queues or self._connection_ is None or not self._connection_.is_open:
+            return
+        with anyio.move_on_after(SETTLE_TIMEOUT):
+            try:
+                channel = await self._channel("_declarer", allow_closing=True)
+                for queue in queues:
+                    await channel.queue_delete(queue)
+            except (AMQPError, KiwiError) as exc:
+                logger.warning("%s: could not delete the RPC queues: %s", self, exc)
 
     def _give_up(self, exc: BaseException) -> None:
         self._failure = exc if isinstance(exc, AMQPError) else ConnectionClosed(0, str(exc))
@@ -1033,11 +1115,11 @@ class Communicator:
             )
         return amqp_connect(params)
 
-    def _fail_pending(self, error: BaseException | None = None) -> None:
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error or CommunicatorClosed("the communicator closed"))
+    def _timeout(self, timeout: Timeout) -> float | None:
+        return self.request_timeout if timeout is DEFAULT else timeout
+
+    def _fail_pending(self) -> None:
+        self._pending.fail_all(CommunicatorClosed("the communicator closed"))
 
     def is_closed(self) -> bool:
         """True once the communicator has closed (or is closing)."""
@@ -1083,6 +1165,39 @@ class Communicator:
         except ChannelClosed as exc:
             raise DeliveryFailed(f"cannot declare {what}: {exc}") from exc
 
+    async def _declare_task_queue(self, name: str, arguments: dict[str, Any]) -> None:
+        """Declare a task queue: durable, except in testing mode on RabbitMQ 3.x.
+
+        kiwiPy's testing mode declares its task queues transient (``durable=False``, with
+        ``x-expires``), which RabbitMQ 4.3 refuses (deprecated feature
+        ``transient_nonexcl_queues``). On RabbitMQ 3.x we declare them exactly as kiwiPy does,
+        so kiwiPy peers in testing mode share them; on 4.x (and ``memory://``) durable, with
+        the same ``x-expires``. A transient queue of that name made by a kiwiPy peer on a 4.x
+        broker that permits it is used as it is.
+        """
+        durable = not self.testing_mode or not _transient_queues_permitted(
+            (await self._wait_connection()).server_properties
+        )
+        try:
+            await self._declare(
+                lambda ch: ch.queue_declare(name, durable=durable, arguments=arguments),
+                f"task queue {name!r}",
+            )
+        except DeliveryFailed as exc:
+            cause = exc.__cause__
+            if not (
+                self.testing_mode
+                and durable
+                and isinstance(cause, ChannelClosed)
+                and cause.reply_code == 406
+                and "'durable'" in str(cause)
+            ):
+                raise
+            await self._declare(
+                lambda ch: ch.queue_declare(name, passive=True),
+                f"task queue {name!r}",
+            )
+
     async def _ensure_exchange(self, exchange: str) -> None:
         if exchange in self._exchanges:
             return
@@ -1106,6 +1221,7 @@ class Communicator:
         no_ack: bool = False,
         consumer_tag: str = "",
         sequential: bool = False,
+        exclusive: bool = False,
     ) -> _ConsumerHandle:
         handle = _ConsumerHandle(self._bound_settles)
         assert self._tg is not None
@@ -1121,6 +1237,7 @@ class Communicator:
             no_ack,
             consumer_tag,
             sequential,
+            exclusive,
         )
         return handle
 
@@ -1134,6 +1251,7 @@ class Communicator:
         no_ack: bool,
         consumer_tag: str,
         sequential: bool,
+        exclusive: bool,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -1150,7 +1268,7 @@ class Communicator:
                         connection = await self._wait_connection(math.inf)
                         channel = await open_channel(connection)
                         consumer = channel.basic_consume(
-                            queue, no_ack=no_ack, consumer_tag=consumer_tag
+                            queue, no_ack=no_ack, consumer_tag=consumer_tag, exclusive=exclusive
                         )
                         async with consumer:
                             if not started:
@@ -1172,6 +1290,17 @@ class Communicator:
                                                 await on_message(message)
                                             else:
                                                 pool.submit(message)
+                                    except ConsumerCancelled as exc:
+                                        # the queue was deleted (an operator?): the running
+                                        # handlers finish and answer on this channel, then
+                                        # we declare the queue again and resume
+                                        logger.warning(
+                                            "%s: the broker cancelled the consumer of %s (%s)",
+                                            self,
+                                            what,
+                                            exc,
+                                        )
+                                        ended = exc
                                     except AMQPError as exc:  # raised below, not in a group
                                         ended = exc
                                         handlers.cancel_scope.cancel()
@@ -1367,6 +1496,7 @@ class Communicator:
         persistent: bool,
         no_reply: bool,
         what: str,
+        timeout: float | None,
         prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> Future[Any] | None:
         message_id = self._request_ids.next_hex()
@@ -1376,13 +1506,15 @@ class Communicator:
             await prepare()  # fail early (e.g. a forbidden exchange) before any reply setup
         if not no_reply:
             await self._ensure_reply_queue(exchange)
-            future = self._new_pending(correlation_id)
+            future = self._pending.add(correlation_id, what, timeout, durable=persistent)
         properties = Properties(
             content_type=self._codec.content_type,
             delivery_mode=2 if persistent else 1,
             correlation_id=correlation_id,
             reply_to=self._reply_queue,
             message_id=message_id,
+            # a call nobody took in time is dropped by the broker, not handled too late
+            expiration=None if persistent or timeout is None else _expiration(timeout),
         )
         try:
             await self._publish(
@@ -1396,8 +1528,7 @@ class Communicator:
             )
         except BaseException:
             if future is not None:
-                self._pending.pop(correlation_id, None)
-                future.cancel()
+                self._pending.discard(correlation_id)
             raise
         return future
 
@@ -1474,7 +1605,7 @@ class Communicator:
         try:
             publisher.publish_nowait(
                 body,
-                exchange=exchange,
+                exchange=self._reply_exchange(exchange),
                 routing_key=reply_to,
                 properties=properties,
                 on_confirm=confirmed,
@@ -1547,8 +1678,15 @@ class Communicator:
         properties = Properties(
             content_type=self._codec.content_type,
             correlation_id=request.properties.correlation_id,
+            # a task's reply is as durable as the task: it waits out a broker restart in the
+            # (durable) reply queue
+            delivery_mode=request.properties.delivery_mode,
         )
         return body, properties
+
+    def _reply_exchange(self, exchange: str) -> str:
+        """Where a reply to a request that came through ``exchange`` is published."""
+        return exchange if self._default_exchange_refused else REPLY_EXCHANGE
 
     async def _send_reply(self, request: Message, reply: dict[str, Any], exchange: str) -> None:
         reply_to = request.properties.reply_to
@@ -1558,19 +1696,41 @@ class Communicator:
         body, properties = self._encode_reply(request, reply)
         what = f"reply to {reply_to!r}"
         try:
-            await self._publish(
-                body,
-                exchange=exchange,
-                routing_key=reply_to,
-                properties=properties,
-                mandatory=False,
-                what=what,
-                allow_closing=True,
-            )
+            try:
+                await self._publish(
+                    body,
+                    exchange=self._reply_exchange(exchange),
+                    routing_key=reply_to,
+                    properties=properties,
+                    mandatory=False,
+                    what=what,
+                    allow_closing=True,
+                )
+            except DeliveryFailed as exc:
+                cause = exc.__cause__
+                if not (
+                    self._reply_exchange(exchange) == REPLY_EXCHANGE
+                    and isinstance(cause, ChannelClosed)
+                    and cause.reply_code == 403
+                ):
+                    raise
+                # this user may not publish to the default exchange: reply as kiwiPy does,
+                # through the request's exchange (and its binding of the reply queue)
+                logger.info("%s: replying through the request's exchange: %s", self, cause)
+                self._default_exchange_refused = True
+                await self._publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=reply_to,
+                    properties=properties,
+                    mandatory=False,
+                    what=what,
+                    allow_closing=True,
+                )
         except ProtocolError as exc:  # refused before sending (e.g. over max_message_size)
             await self._publish(
                 self._codec.encode(wire.exception_reply(exc)),
-                exchange=exchange,
+                exchange=self._reply_exchange(exchange),
                 routing_key=reply_to,
                 properties=properties,
                 mandatory=False,
@@ -1579,17 +1739,6 @@ class Communicator:
             )
 
     # ------------------------------------------------------------ replies
-
-    def _new_pending(self, correlation_id: str) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._pending[correlation_id] = future
-
-        def forget(f: Future[Any]) -> None:
-            if f.cancelled() and self._pending.get(correlation_id) is f:
-                del self._pending[correlation_id]
-
-        future.add_done_callback(forget)
-        return future
 
     async def _ensure_reply_queue(self, exchange: str) -> None:
         """Make sure replies sent through ``exchange`` reach us.
@@ -1634,19 +1783,24 @@ class Communicator:
                 await probe.queue_declare(self._reply_queue, passive=True)
             except ChannelClosed as exc:
                 if exc.reply_code == 404:
-                    logger.error("%s: the reply queue was lost (broker restart?)", self)
-                    self._fail_pending(
-                        DeliveryFailed(
-                            "the reply queue was lost while disconnected (the broker "
-                            "restarted?): the request may have been handled, but its reply "
-                            "cannot arrive"
-                        )
+                    count = self._pending.at_risk(
+                        self.lost_reply_grace,
+                        "the reply queue was lost while disconnected (it expired, or was deleted)",
+                        durable=True,
+                    )
+                    logger.error(
+                        "%s: the reply queue was lost; %d requests may never be answered",
+                        self,
+                        count,
                     )
             finally:
                 await probe.aclose()
         channel = await connection.channel()
+        # Durable (RabbitMQ 4.3 refuses a transient queue that is not exclusive) and not
+        # exclusive (replies wait in it while the link is down); x-expires removes it once we
+        # are gone.
         await channel.queue_declare(
-            self._reply_queue, arguments={"x-expires": wire.REPLY_QUEUE_EXPIRES}
+            self._reply_queue, durable=True, arguments={"x-expires": wire.REPLY_QUEUE_EXPIRES}
         )
         self._reply_declared = True
         for exchange in list(self._reply_exchanges):
@@ -1669,7 +1823,7 @@ class Communicator:
 
     def _resolve_reply(self, message: Message) -> None:
         correlation_id = message.properties.correlation_id or ""
-        future = self._pending.pop(correlation_id, None)
+        future = self._pending.pop(correlation_id)
         if future is None or future.done():
             logger.debug("dropped a reply for unknown correlation id %r", correlation_id)
             return
@@ -1679,7 +1833,7 @@ class Communicator:
             future.set_exception(exc)
             return
         if kind is wire.PENDING:
-            future.set_result(self._new_pending(correlation_id))
+            future.set_result(self._pending.add(correlation_id, "the delegated request", None))
         elif kind is wire.CANCELLED:
             future.cancel()
         elif kind == wire.EXCEPTION_KEY:
@@ -1716,9 +1870,11 @@ class Communicator:
             self.task_queue_name, self.task_prefetch_count, self.task_prefetch_size
         )
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Future[Any] | None:
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Timeout = DEFAULT
+    ) -> Future[Any] | None:
         """Send a task to the default queue (see :meth:`TaskQueue.task_send`)."""
-        return await self._default_queue().task_send(task, no_reply)
+        return await self._default_queue().task_send(task, no_reply, timeout=timeout)
 
     async def add_task_subscriber(
         self, subscriber: Subscriber, identifier: str | None = None
@@ -1737,11 +1893,24 @@ class Communicator:
 
     # ------------------------------------------------------------ RPC
 
-    async def rpc_send(self, recipient_id: str, msg: Any) -> Future[Any]:
+    async def rpc_send(
+        self, recipient_id: str, msg: Any, *, timeout: Timeout = DEFAULT
+    ) -> Future[Any]:
         """Call the RPC subscriber ``recipient_id``; returns a future of its reply.
+
+        Args:
+            recipient_id: the subscriber's identifier.
+            msg: the message (any value the codec can encode).
+            timeout: seconds the future waits for the reply before it fails with
+                :class:`~kiwi_anyio.RequestTimeout`; a call not taken by the subscriber by
+                then expires in the broker (it is not handled late). ``None``: no limit.
+                Default: the communicator's ``request_timeout``.
 
         Raises:
             UnroutableError: no subscriber with this identifier exists.
+
+        Cancellation: cancelled before the broker's confirm, the call may or may not have
+        been sent, and no future is returned.
         """
         self._check_open()
         await self._ensure_exchange(self.message_exchange)
@@ -1753,6 +1922,7 @@ class Communicator:
                 persistent=False,
                 no_reply=False,
                 what=f"RPC to {recipient_id!r}",
+                timeout=self._timeout(timeout),
             )
         except MessageReturned as exc:
             raise UnroutableError(f"no RPC subscriber {recipient_id!r}: {exc}") from None
@@ -1792,7 +1962,16 @@ class Communicator:
                 on_rpc,
                 what=f"RPC subscriber {identifier!r}",
                 consumer_tag=identifier,
+                # the one consumer of the queue: another process's is refused (403)
+                exclusive=True,
             )
+        except ChannelClosed as exc:
+            self._rpc_subscribers.pop(identifier, None)
+            if exc.reply_code == 403:
+                raise DuplicateSubscriberIdentifier(
+                    f"RPC subscriber {identifier!r} already exists in another process"
+                ) from None
+            raise
         except BaseException:
             self._rpc_subscribers.pop(identifier, None)
             raise
@@ -1802,13 +1981,20 @@ class Communicator:
     async def _open_rpc_channel(
         self, connection: Connection, queue: str, identifier: str
     ) -> Channel:
-        """Declare the subscriber's exclusive queue and binding on a new channel."""
+        """Declare the subscriber's queue and binding on a new channel.
+
+        The queue is durable, not exclusive, so that it outlives a dropped link of ours:
+        calls wait in it while we reconnect, and calls we were handling are delivered again.
+        It expires ``queue_expires`` ms after its consumer is gone, and is deleted when the
+        subscriber is removed or the communicator closes. Its consumer is exclusive, which
+        keeps an identifier to one process.
+        """
         await self._ensure_exchange(self.message_exchange)
         channel = await connection.channel(prefetch_count=self.rpc_prefetch_count or None)
         try:
             await channel.queue_declare(
                 queue,
-                exclusive=True,
+                durable=True,
                 arguments={"x-message-ttl": wire.RPC_MESSAGE_TTL, "x-expires": self.queue_expires},
             )
             await channel.queue_bind(
@@ -2019,6 +2205,29 @@ class Communicator:
         finally:
             if not message.settled and message.channel.is_open:
                 message.nack(requeue=True)
+
+
+def _expiration(timeout: float) -> str:
+    """The ``expiration`` property (ms, at least 1) of a request with this timeout."""
+    return str(max(1, math.ceil(timeout * 1000)))
+
+
+def _transient_queues_permitted(server_properties: Mapping[str, Any]) -> bool:
+    """Whether a transient queue that is not exclusive may be declared: on RabbitMQ 3.x.
+
+    RabbitMQ 4.3 denies them by default and 4.0-4.2 may be configured to; ``memory://``
+    follows 4.3.
+    """
+    product = server_properties.get("product")
+    version = server_properties.get("version")
+    if isinstance(product, bytes):
+        product = product.decode("utf-8", "replace")
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    if product != "RabbitMQ" or not isinstance(version, str):
+        return False
+    major = version.split(".", 1)[0]
+    return major.isdigit() and int(major) < 4
 
 
 def connect(url: str | ConnectionParameters | None = None, **options: Any) -> Communicator:

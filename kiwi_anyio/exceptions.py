@@ -17,9 +17,11 @@ The tree::
     │   │   └── MessageReturned        a mandatory message could not be routed
     │   └── ProtocolError              the peer broke AMQP 0-9-1 (or we would)
     │       └── UndecodableContent     one message's content header could not be decoded
-    └── the kiwiPy names: CommunicatorClosed, RemoteException, DeliveryFailed,
-        UnroutableError (also MessageReturned), TaskRejected,
-        DuplicateSubscriberIdentifier, QueueEmpty, UndecodableMessage
+    ├── the kiwiPy names: CommunicatorClosed, RemoteException, DeliveryFailed,
+    │   UnroutableError (also MessageReturned), TaskRejected,
+    │   DuplicateSubscriberIdentifier, QueueEmpty, UndecodableMessage
+    ├── RequestLost (also DeliveryFailed)  a request's reply can no longer arrive
+    └── RequestTimeout (also TimeoutError) no reply within the request's timeout
 
 Timeouts are the builtin :class:`TimeoutError`, exported as ``kiwi_anyio.TimeoutError`` as
 kiwiPy does.
@@ -46,6 +48,8 @@ __all__ = [
     "PublishNacked",
     "QueueEmpty",
     "RemoteException",
+    "RequestLost",
+    "RequestTimeout",
     "TaskRejected",
     "UndecodableContent",
     "UndecodableMessage",
@@ -209,3 +213,13 @@ class QueueEmpty(KiwiError):
 
 class UndecodableMessage(KiwiError):
     """A message body could not be decoded; it is rejected, never requeued."""
+
+
+class RequestLost(DeliveryFailed):
+    """A request can no longer be answered: its queue was deleted, its reply queue or the
+    broker's state was lost. The request may or may not have been handled."""
+
+
+class RequestTimeout(KiwiError, TimeoutError):
+    """No reply came within the request's ``timeout`` (or the communicator's
+    ``request_timeout``). The request may still be handled later; its reply is dropped."""

@@ -43,8 +43,11 @@ What it does as RabbitMQ does:
   publishing to a missing exchange closes the channel with 404 (raised on a confirm channel;
   on a plain channel the next operation raises, as with RabbitMQ);
 * deliveries round-robin between a queue's consumers, each limited by its ``basic_qos``
-  prefetch (per consumer, for consumers created after it; ``global_=True``: per channel;
-  ``0``: unlimited; ``no_ack`` consumers unlimited); ``basic_get`` ignores prefetch;
+  prefetch (per consumer, for consumers created after it; ``global_=True`` is applied per
+  consumer, as RabbitMQ 4.3 denies global QoS by default; ``0``: unlimited; ``no_ack``
+  consumers unlimited); ``basic_get`` ignores prefetch;
+* a queue that is neither durable nor exclusive is refused with 541 INTERNAL_ERROR, as
+  RabbitMQ 4.3 does by default (deprecated feature ``transient_nonexcl_queues``);
 * ``nack``/``reject`` with requeue, a cancelled consumer's undelivered buffer, and every
   unacknowledged message of a closed channel or connection go back to their queue at their
   original position (in front of every message never delivered), flagged ``redelivered``;
@@ -155,6 +158,16 @@ def _inequivalent(kind: str, name: str, arg: str, received: object, current: obj
         406,
         f"PRECONDITION_FAILED - inequivalent arg '{arg}' for {kind} '{name}' in vhost "
         f"'{_VHOST}': received {received!r} but current is {current!r}",
+    )
+
+
+def _transient_nonexclusive_refused() -> _Refused:
+    """What RabbitMQ 4.3 answers (by default) to a queue neither durable nor exclusive."""
+    return _Refused(
+        541,
+        "INTERNAL_ERROR - Feature `transient_nonexcl_queues` is deprecated.\n"
+        "Its use is not permitted by default (RabbitMQ 4.3): a queue must be durable "
+        "(with x-expires to expire) or exclusive",
     )
 
 
@@ -491,6 +504,8 @@ class _Broker:
         owner = connection if exclusive else None
         existing = self.queues.get(name)
         if existing is None:
+            if not durable and not exclusive:
+                raise _transient_nonexclusive_refused()
             queue = _Queue(
                 name,
                 durable=durable,
@@ -906,9 +921,7 @@ class MemoryConsumer:
     def _has_room(self) -> bool:
         if self.no_ack:
             return True
-        if self.prefetch_count and self._unacked >= self.prefetch_count:
-            return False
-        return self._channel._has_room()
+        return not self.prefetch_count or self._unacked < self.prefetch_count
 
     def _deliver(self, queue: _Queue, envelope: _Envelope) -> None:
         channel = self._channel
@@ -916,7 +929,6 @@ class MemoryConsumer:
         if not self.no_ack:
             channel._unacked[tag] = _Unacked(queue, envelope, self)
             self._unacked += 1
-            channel._consumer_unacked += 1
         message = MemoryMessage(
             channel, envelope, tag, no_ack=self.no_ack, consumer_tag=self.consumer_tag
         )
@@ -952,10 +964,8 @@ class MemoryChannel:
         self.publisher_confirms = publisher_confirms
         self._consumers: dict[str, MemoryConsumer] = {}
         self._unacked: dict[int, _Unacked] = {}
-        self._consumer_unacked = 0
         self._tag = 0
         self._prefetch = 0
-        self._global_prefetch = 0
         self._last_queue = ""
         self._closed: ChannelClosed | None = None
 
@@ -1025,9 +1035,6 @@ class MemoryChannel:
         self._tag += 1
         return self._tag
 
-    def _has_room(self) -> bool:
-        return not self._global_prefetch or self._consumer_unacked < self._global_prefetch
-
     def _register(self, consumer: MemoryConsumer) -> None:
         tag = consumer.consumer_tag or _generated("amq.ctag")
         if tag in self._consumers:
@@ -1065,15 +1072,11 @@ class MemoryChannel:
         for record in records:
             if record.consumer is not None:
                 record.consumer._unacked -= 1
-                self._consumer_unacked -= 1
             back.setdefault(record.queue, []).append(record.envelope)
         for queue, envelopes in back.items():
             if requeue:
                 queue.requeue(envelopes)
-        affected = list(back)
-        if self._global_prefetch:
-            affected += [c._queue for c in self._consumers.values() if c._queue is not None]
-        for queue in affected:
+        for queue in back:
             if not queue.deleted:
                 queue.dispatch()
 
@@ -1261,20 +1264,16 @@ class MemoryChannel:
     async def basic_qos(
         self, prefetch_count: int = 0, prefetch_size: int = 0, *, global_: bool = False
     ) -> None:
-        """Limit unacknowledged deliveries per consumer created afterwards (``global_``: per
-        channel, at once); 0 means no limit."""
+        """Limit unacknowledged deliveries per consumer created afterwards; 0 means no limit.
+
+        ``global_=True`` is applied per consumer too, as RabbitMQ 4.3 does by default (its
+        deprecated feature ``global_qos`` is denied)."""
         await anyio.lowlevel.checkpoint()
 
         def qos() -> None:
             if prefetch_size:
                 raise _Refused(540, f"NOT_IMPLEMENTED - prefetch_size!=0 ({prefetch_size})")
-            if global_:
-                self._global_prefetch = prefetch_count
-                for consumer in list(self._consumers.values()):
-                    if consumer._queue is not None:
-                        consumer._queue.dispatch()
-            else:
-                self._prefetch = prefetch_count
+            self._prefetch = prefetch_count
 
         self._run(qos)
 

@@ -322,12 +322,12 @@ async def test_cancelling_an_await_discards_the_pending_reply(
         with anyio.move_on_after(0.1):
             await future
         assert future.cancelled()
-        assert comm._pending == {}
+        assert len(comm._pending) == 0
         gate.set()
         # the late reply is dropped; the communicator goes on working
         other = await comm.rpc_send("late", None)
         assert await other == "late"
-        assert comm._pending == {}
+        assert len(comm._pending) == 0
 
 
 async def test_wait_timeout_keeps_the_future(comm: kiwi_anyio.Communicator) -> None:

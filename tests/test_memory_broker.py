@@ -124,7 +124,7 @@ async def test_connection_basics(name: str) -> None:
             assert not is_open(ch)
             assert ch.close_reason is not None and ch.close_reason.reply_code == 200
             with pytest.raises(ChannelClosed):
-                await ch.queue_declare("q")
+                await ch.queue_declare("q", durable=True)
         assert not is_open(conn)
         await conn.wait_closed()
 
@@ -150,7 +150,7 @@ async def test_same_name_shared_other_name_separate(name: str) -> None:
                 memory.connect(other) as c,
             ):
                 cha, chb, chc = await a.channel(), await b.channel(), await c.channel()
-                await cha.queue_declare("shared")
+                await cha.queue_declare("shared", durable=True)
                 await cha.basic_publish(b"x", routing_key="shared")
                 assert await bodies(chb, "shared") == [b"x"]
                 with pytest.raises(ChannelClosed) as info:
@@ -197,7 +197,7 @@ async def test_topic_routing(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
         await ch.exchange_declare("topics", "topic")
         for queue, pattern in patterns.items():
-            await ch.queue_declare(queue)
+            await ch.queue_declare(queue, durable=True)
             await ch.queue_bind(queue, "topics", routing_key=pattern)
         for key in ["a", "a.b", "a.b.c", "x.b.y", "z", "a.z", "q.r.s.z", ""]:
             await ch.basic_publish(key.encode(), exchange="topics", routing_key=key)
@@ -241,7 +241,7 @@ async def test_direct_fanout_and_default_exchange(ch: MemoryChannel) -> None:
         await ch.exchange_declare("direct")
         await ch.exchange_declare("fan", "fanout")
         for queue in ("q1", "q2"):
-            await ch.queue_declare(queue)
+            await ch.queue_declare(queue, durable=True)
             await ch.queue_bind(queue, "fan", routing_key="ignored")
         await ch.queue_bind("q1", "direct", routing_key="one")
         await ch.queue_bind("q2", "direct", routing_key="two")
@@ -264,7 +264,7 @@ async def test_message_attributes_and_body_copy(ch: MemoryChannel) -> None:
     props = Properties(correlation_id="c1", reply_to="r", content_type="text/plain")
     with anyio.fail_after(TIMEOUT):
         await ch.exchange_declare("x", "topic")
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         await ch.queue_bind("q", "x", routing_key="k.#")
         await ch.basic_publish(body, exchange="x", routing_key="k.1", properties=props)
         body[0] = ord("z")
@@ -289,7 +289,7 @@ async def test_exchange_to_exchange_binding(ch: MemoryChannel) -> None:
         await ch.exchange_declare("back", "fanout")
         await ch.exchange_bind("back", "front", routing_key="orders.*")
         await ch.exchange_bind("front", "back")  # a cycle delivers once
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         await ch.queue_bind("q", "back")
         await ch.basic_publish(b"1", exchange="front", routing_key="orders.new")
         await ch.basic_publish(b"2", exchange="front", routing_key="invoices.new")
@@ -331,10 +331,10 @@ async def test_publish_to_missing_exchange_closes_the_channel(
         await plain.basic_publish(b"m", exchange="missing")
         assert not plain.is_open
         with pytest.raises(ChannelClosed, match="404"):
-            await plain.queue_declare("q")
+            await plain.queue_declare("q", durable=True)
         assert conn.is_open  # the connection is fine
         fresh = await conn.channel()
-        await fresh.queue_declare("q")
+        await fresh.queue_declare("q", durable=True)
 
 
 # ---------------------------------------------------------------- declarations
@@ -391,7 +391,7 @@ async def test_passive_declare_and_missing_resources_are_404(ch: MemoryChannel) 
             assert info.value.reply_code == 404
             assert not channel.is_open
         channel = await conn.channel()
-        await channel.queue_declare("q")
+        await channel.queue_declare("q", durable=True)
         with pytest.raises(ChannelClosed, match="404"):
             await channel.queue_bind("q", "no-exchange")
         channel = await conn.channel()
@@ -402,7 +402,7 @@ async def test_passive_declare_and_missing_resources_are_404(ch: MemoryChannel) 
 async def test_reserved_names_and_default_exchange_are_403(conn: MemoryConnection) -> None:
     with anyio.fail_after(TIMEOUT):
         operations: list[Operation] = [
-            lambda c: c.queue_declare("amq.mine"),
+            lambda c: c.queue_declare("amq.mine", durable=True),
             lambda c: c.exchange_declare("amq.mine", "topic"),
             lambda c: c.exchange_declare("", "direct"),
             lambda c: c.queue_bind("q", ""),
@@ -410,7 +410,7 @@ async def test_reserved_names_and_default_exchange_are_403(conn: MemoryConnectio
         ]
         for operation in operations:
             channel = await conn.channel()
-            await channel.queue_declare("q")
+            await channel.queue_declare("q", durable=True)
             with pytest.raises(ChannelClosed) as info:
                 await operation(channel)
             assert info.value.reply_code == 403
@@ -430,7 +430,7 @@ async def test_server_named_queue(ch: MemoryChannel) -> None:
         ok = await ch.queue_declare("", exclusive=True)
         assert ok.queue is not None and ok.queue.startswith("amq.gen-")
         assert (ok.message_count, ok.consumer_count) == (0, 0)
-        other = (await ch.queue_declare()).queue
+        other = (await ch.queue_declare(durable=True)).queue
         assert other is not None and other != ok.queue
         # the empty name means the last declared queue
         await ch.basic_publish(b"1", routing_key=other)
@@ -442,7 +442,7 @@ async def test_server_named_queue(ch: MemoryChannel) -> None:
 
 async def test_purge_and_delete_counts(ch: MemoryChannel, conn: MemoryConnection) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         for i in range(3):
             await ch.basic_publish(b"%d" % i, routing_key="q")
         held = await ch.basic_get("q")
@@ -467,7 +467,7 @@ async def test_purge_and_delete_counts(ch: MemoryChannel, conn: MemoryConnection
 
 async def test_delete_queue_cancels_its_consumers(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         await ch.basic_publish(b"1", routing_key="q")
         async with ch.basic_consume("q") as consumer:
             [message] = await receive(consumer, 1)
@@ -481,8 +481,8 @@ async def test_delete_queue_cancels_its_consumers(ch: MemoryChannel) -> None:
 async def test_auto_delete_queue_and_exchange(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
         await ch.exchange_declare("ad", "topic", auto_delete=True)
-        await ch.queue_declare("q", auto_delete=True)
-        await ch.queue_declare("keep")
+        await ch.queue_declare("q", durable=True, auto_delete=True)
+        await ch.queue_declare("keep", durable=True)
         await ch.queue_bind("q", "ad", routing_key="#")
         await ch.queue_bind("keep", "ad", routing_key="k")
         async with ch.basic_consume("q"):
@@ -499,7 +499,7 @@ async def test_auto_delete_queue_and_exchange(ch: MemoryChannel) -> None:
 async def test_exchange_delete(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
         await ch.exchange_declare("x", "fanout")
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         await ch.queue_bind("q", "x")
         with pytest.raises(ChannelClosed, match="406"):
             await ch.exchange_delete("x", if_unused=True)
@@ -521,7 +521,7 @@ async def test_exclusive_queue_of_another_connection_is_405(name: str) -> None:
             await mine.queue_declare("ex", exclusive=True)  # the owner may redeclare
             operations: list[Operation] = [
                 lambda c: c.queue_declare("ex", exclusive=True),
-                lambda c: c.queue_declare("ex"),
+                lambda c: c.queue_declare("ex", durable=True),
                 lambda c: c.queue_declare("ex", passive=True),
                 lambda c: c.queue_bind("ex", "amq.topic", routing_key="#"),
                 lambda c: c.basic_consume("ex").start(),
@@ -540,7 +540,7 @@ async def test_exclusive_queue_of_another_connection_is_405(name: str) -> None:
             await theirs.basic_publish(b"hi", routing_key="ex")  # publishing is allowed
             assert await bodies(mine, "ex") == [b"hi"]
             with pytest.raises(ChannelClosed, match="405"):  # not exclusive → locked
-                await mine.queue_declare("ex")
+                await mine.queue_declare("ex", durable=True)
             await owner.aclose()
             theirs = await other.channel()
             with pytest.raises(ChannelClosed, match="404"):  # deleted with its connection
@@ -549,7 +549,7 @@ async def test_exclusive_queue_of_another_connection_is_405(name: str) -> None:
 
 async def test_exclusive_consumer(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         async with ch.basic_consume("q", exclusive=True):
             other = await ch._connection.channel()
             with pytest.raises(ChannelClosed, match="403"):
@@ -565,7 +565,7 @@ async def test_exclusive_consumer(ch: MemoryChannel) -> None:
 
 async def test_consume_and_consumer_tags(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         await ch.basic_publish(b"1", routing_key="q")
         async with ch.basic_consume("q") as consumer:
             assert consumer.consumer_tag.startswith("amq.ctag-")
@@ -587,7 +587,7 @@ async def test_consume_and_consumer_tags(ch: MemoryChannel) -> None:
 async def test_no_ack_consumer(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
         await ch.basic_qos(1)
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         for i in range(3):
             await ch.basic_publish(b"%d" % i, routing_key="q")
         async with ch.basic_consume("q", no_ack=True) as consumer:
@@ -601,7 +601,7 @@ async def test_no_ack_consumer(ch: MemoryChannel) -> None:
 async def test_prefetch_limits_deliveries_until_acked(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
         await ch.basic_qos(2)
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         for i in range(5):
             await ch.basic_publish(b"%d" % i, routing_key="q")
         async with ch.basic_consume("q") as consumer:
@@ -624,7 +624,7 @@ async def test_prefetch_applies_to_later_consumers_and_zero_is_unlimited(
     ch: MemoryChannel,
 ) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         for i in range(4):
             await ch.basic_publish(b"%d" % i, routing_key="q")
         async with ch.basic_consume("q") as unlimited:
@@ -637,24 +637,42 @@ async def test_prefetch_applies_to_later_consumers_and_zero_is_unlimited(
         assert await ready(other, "q") == (5, 0)  # and went back with their channel
 
 
-async def test_global_prefetch(ch: MemoryChannel) -> None:
+async def test_global_prefetch_is_per_consumer_as_on_rabbitmq_4_3(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.basic_qos(2, global_=True)
+        await ch.basic_qos(1, global_=True)
         for queue in ("a", "b"):
-            await ch.queue_declare(queue)
+            await ch.queue_declare(queue, durable=True)
             for i in range(2):
                 await ch.basic_publish(b"%s%d" % (queue.encode(), i), routing_key=queue)
         async with ch.basic_consume("a") as ca, ch.basic_consume("b") as cb:
-            got = await receive(ca, 2)
-            await nothing_more(cb)
-            got[0].ack()
-            [from_b] = await receive(cb, 1)
-            assert from_b.body == b"b0"
+            [from_a] = await receive(ca, 1)
+            [from_b] = await receive(cb, 1)  # a channel-wide limit of 1 would hold this back
+            assert (from_a.body, from_b.body) == (b"a0", b"b0")
+            await nothing_more(ca)
+            from_a.ack()
+            [again] = await receive(ca, 1)
+            assert again.body == b"a1"
+
+
+async def test_transient_non_exclusive_queue_is_refused_as_on_rabbitmq_4_3(
+    conn: MemoryConnection,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        for auto_delete in (False, True):
+            async with conn.channel() as channel:
+                with pytest.raises(ChannelClosed, match="transient_nonexcl_queues") as info:
+                    await channel.queue_declare("q", auto_delete=auto_delete)
+                assert info.value.reply_code == 541
+                assert not is_open(channel)
+        async with conn.channel() as channel:
+            await channel.queue_declare("durable", durable=True, arguments={"x-expires": 1000})
+            await channel.queue_declare("exclusive", exclusive=True)
+            await channel.queue_declare("", exclusive=True)
 
 
 async def test_basic_get(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         assert await ch.basic_get("q") is None
         await ch.basic_publish(b"1", routing_key="q")
         await ch.basic_publish(b"2", routing_key="q")
@@ -672,7 +690,7 @@ async def test_basic_get(ch: MemoryChannel) -> None:
 
 async def test_nack_and_reject_requeue_to_the_front(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         for i in range(4):
             await ch.basic_publish(b"%d" % i, routing_key="q")
         m0, m1 = await ch.basic_get("q"), await ch.basic_get("q")
@@ -690,7 +708,7 @@ async def test_nack_and_reject_requeue_to_the_front(ch: MemoryChannel) -> None:
 async def test_requeued_message_is_the_consumers_next(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
         await ch.basic_qos(1)
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         for i in range(3):
             await ch.basic_publish(b"%d" % i, routing_key="q")
         async with ch.basic_consume("q") as consumer:
@@ -706,7 +724,7 @@ async def test_requeued_message_is_the_consumers_next(ch: MemoryChannel) -> None
 
 async def test_nack_multiple_and_drop(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         for i in range(4):
             await ch.basic_publish(b"%d" % i, routing_key="q")
         got = [await ch.basic_get("q") for _ in range(4)]
@@ -720,7 +738,7 @@ async def test_nack_multiple_and_drop(ch: MemoryChannel) -> None:
 
 async def test_unknown_delivery_tag_is_406(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         await ch.basic_publish(b"1", routing_key="q")
         message = await ch.basic_get("q")
         assert message is not None
@@ -739,7 +757,7 @@ async def test_unknown_delivery_tag_is_406(ch: MemoryChannel) -> None:
 async def test_round_robin_between_consumers(ch: MemoryChannel, conn: MemoryConnection) -> None:
     with anyio.fail_after(TIMEOUT):
         other = await conn.channel()
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         async with ch.basic_consume("q") as c1, other.basic_consume("q") as c2:
             for i in range(6):
                 await ch.basic_publish(b"%d" % i, routing_key="q")
@@ -755,7 +773,7 @@ async def test_round_robin_skips_full_consumers(conn: MemoryConnection) -> None:
     with anyio.fail_after(TIMEOUT):
         busy = await conn.channel(prefetch_count=1)
         idle = await conn.channel(prefetch_count=10)
-        await busy.queue_declare("q")
+        await busy.queue_declare("q", durable=True)
         async with busy.basic_consume("q") as c1, idle.basic_consume("q") as c2:
             for i in range(4):
                 await busy.basic_publish(b"%d" % i, routing_key="q")
@@ -766,7 +784,7 @@ async def test_round_robin_skips_full_consumers(conn: MemoryConnection) -> None:
 async def test_unacked_messages_requeued_when_the_channel_closes(conn: MemoryConnection) -> None:
     with anyio.fail_after(TIMEOUT):
         ch = await conn.channel()
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         for i in range(5):
             await ch.basic_publish(b"%d" % i, routing_key="q")
         consuming = await conn.channel(prefetch_count=3)
@@ -790,7 +808,7 @@ async def test_unacked_messages_requeued_when_the_connection_closes(name: str) -
     with anyio.fail_after(TIMEOUT):
         async with memory.connect(name) as keeper:
             ch = await keeper.channel()
-            await ch.queue_declare("q")
+            await ch.queue_declare("q", durable=True)
             for i in range(3):
                 await ch.basic_publish(b"%d" % i, routing_key="q")
             async with memory.connect(name) as worker:
@@ -811,7 +829,7 @@ async def test_unacked_messages_requeued_when_the_connection_closes(name: str) -
 
 async def test_cancelled_consumer_gives_back_its_buffer_in_order(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         for i in range(4):
             await ch.basic_publish(b"%d" % i, routing_key="q")
         async with ch.basic_consume("q") as consumer:
@@ -827,7 +845,7 @@ async def test_consumer_sees_requeued_messages_from_another_channel(
 ) -> None:
     with anyio.fail_after(TIMEOUT):
         getter = await conn.channel()
-        await getter.queue_declare("q")
+        await getter.queue_declare("q", durable=True)
         await getter.basic_publish(b"1", routing_key="q")
         held = await getter.basic_get("q")
         assert held is not None
@@ -842,7 +860,7 @@ async def test_consumer_sees_requeued_messages_from_another_channel(
 
 async def test_iterating_waits_for_a_publish(ch: MemoryChannel) -> None:
     with anyio.fail_after(TIMEOUT):
-        await ch.queue_declare("q")
+        await ch.queue_declare("q", durable=True)
         async with ch.basic_consume("q") as consumer, anyio.create_task_group() as tg:
 
             async def publish_later() -> None:
