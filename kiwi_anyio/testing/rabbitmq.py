@@ -1636,7 +1636,7 @@ def _build_root(dest: Path, mirror: str | None, say: Callable[[str], None]) -> d
     debootstrap = shutil.which("debootstrap") or shutil.which("debootstrap", path="/usr/sbin:/sbin")
     if debootstrap is None:
         raise BrokerError("debootstrap not found: apt-get install debootstrap")
-    log_path = dest.parent / f".{dest.name}.log"
+    log_path = dest.parent / f"{dest.name}.log"  # kept after the build, for a look
     log_path.write_bytes(b"")
     t0 = time.monotonic()
     cmd = [debootstrap, "--variant=minbase", RABBITMQ4_SUITE, str(dest)]
