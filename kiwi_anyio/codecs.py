@@ -7,12 +7,25 @@ decoder with :func:`decoder_for`, from the message's ``content_type`` property.
 Codecs provided:
 
 * :data:`YAML` (the default, content type ``application/yaml``): kiwiPy 0.9's wire format.
-  Encoding is byte-identical to kiwiPy's ``yaml.dump(obj, encoding='utf-8')`` for every value
-  that can be decoded safely: ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``,
-  ``bytes`` (``!!binary``), ``list``, ``tuple`` (``!!python/tuple``), ``dict`` (keys sorted),
-  ``set`` (``!!set``), ``datetime.date`` and ``datetime.datetime``. Any other type (including
+  It encodes ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``
+  (``!!binary``), ``list``, ``tuple`` (``!!python/tuple``), ``dict`` (keys sorted, as
+  ``yaml.dump`` sorts them), ``set`` (``!!set``), ``datetime.date`` and
+  ``datetime.datetime``: every value that can be decoded safely. Any other type (including
   subclasses of those, such as enums or ``OrderedDict``) raises :class:`TypeError` naming the
   type, where kiwiPy would have written a ``!!python/object…`` tag that no safe loader accepts.
+  Compatibility is of values, not bytes: kiwiPy's decoder (``yaml.load(body,
+  Loader=yaml.FullLoader)``) reads what this codec sends as a value equal to the one sent, of
+  the same types. Plain data is written as one line of flow-style YAML 1.1 by the C ``json``
+  encoder (``{"i": 1, "p": "x"}``, ``!!python/tuple [{...}, false]``), with YAML's few
+  differences from JSON handled (floats such as ``1.0e+16`` and ``.nan``, the line-break and
+  non-printable characters YAML reads differently escaped, non-string keys, tags for tuples,
+  bytes, sets, dates and complex numbers; see ``kiwi_anyio._fastyaml``). Anything else (a
+  container referenced twice or a cycle, a tuple as a key, a key over YAML's 1024-character
+  limit, nesting over 100 deep) is written by PyYAML exactly as ``yaml.dump(obj,
+  encoding='utf-8')`` writes it. A body that is a JSON document YAML reads the same way (what
+  this codec writes for plain data) is decoded with the C ``json`` decoder; any other body,
+  such as kiwiPy's block-style YAML, with the YAML loader below, with the same result as
+  before the fast path.
   Decoding is **safe**: PyYAML's safe loader plus the plain-data ``!!python/…`` tags that
   kiwiPy's ``FullLoader`` accepts (``tuple``, ``complex``, ``bytes``, ``str``, ``int``, …).
   Tags that name Python objects (``!!python/name:``, ``!!python/module:``, ``!!python/object:``,
@@ -54,6 +67,7 @@ from typing import Any, Final, NoReturn
 
 import yaml
 
+from . import _fastyaml
 from .exceptions import UndecodableMessage
 
 __all__ = [
@@ -210,13 +224,35 @@ else:  # pragma: no cover - PyYAML built without libyaml
     _yaml_loader = SafeYamlLoader
 
 
-def _yaml_encode(obj: Any) -> bytes:
+def _yaml_encode_with_pyyaml(obj: Any) -> bytes:
+    """``yaml.dump(obj, encoding='utf-8')`` for the safe types; :class:`TypeError` otherwise."""
     data = yaml.dump(obj, Dumper=_SafeYamlDumper, encoding="utf-8")
     assert isinstance(data, bytes)
     return data
 
 
+def _yaml_encode(obj: Any) -> bytes:
+    data = _fastyaml.encode(obj)
+    if data is None:  # not plain data, or unusual: PyYAML writes it (or raises TypeError)
+        data = _yaml_encode_with_pyyaml(obj)
+    return data
+
+
+def _yaml_decode_with_loader(data: bytes) -> Any:
+    """Decode with the YAML loader only (libyaml when available), as before the fast path."""
+    try:
+        return yaml.load(data, Loader=_yaml_loader)
+    except Exception as exc:  # YAMLError, ValueError (bad dates), RecursionError, ...
+        raise _undecodable("YAML", data, exc) from exc
+
+
 def _yaml_decode(data: bytes) -> Any:
+    try:
+        value = _fastyaml.decode(data)
+    except Exception:  # pragma: no cover - the fast path gives up rather than raise
+        value = _fastyaml.MISS
+    if value is not _fastyaml.MISS:
+        return value
     try:
         return yaml.load(data, Loader=_yaml_loader)
     except Exception as exc:  # YAMLError, ValueError (bad dates), RecursionError, ...

@@ -1,0 +1,445 @@
+"""The fast path of the default YAML codec: flow-style YAML 1.1 written and read by C ``json``.
+
+kiwiPy's wire format is YAML (``yaml.dump`` / ``yaml.load(..., Loader=yaml.FullLoader)``).
+PyYAML's emitter is pure Python (about 10 µs per node), so this module writes plain data in
+the subset of YAML 1.1 *flow* style that is also JSON, with the C ``json`` encoder doing the
+work, and adds YAML's own syntax only where JSON has no equivalent: ``!!python/tuple [...]``,
+``!!binary "..."``, ``!!set {...}``, ``!!timestamp "..."``, ``!!python/complex "..."``, plain
+``.nan``/``.inf`` and non-string keys. What it writes is a YAML document any YAML 1.1 loader
+reads back to an equal value of the same types; it is not byte-identical to ``yaml.dump``.
+
+The YAML 1.1 hazards of JSON text, and how they are handled:
+
+* floats: YAML 1.1 resolves a plain scalar as a float only with a dot, and an exponent only
+  with a sign (``1e+16`` and ``1.5e5`` are strings; ``1.0e+16`` is a float); NaN and the
+  infinities are ``.nan``, ``.inf``, ``-.inf``. Floats are written as ``yaml.dump`` writes them.
+* characters that JSON leaves raw but YAML does not read as themselves: the line breaks U+0085,
+  U+2028, U+2029 (folded into spaces inside quoted scalars), DEL, the C1 controls, U+FEFF,
+  U+FFFE, U+FFFF and lone surrogates (not printable for YAML's reader): escaped as
+  ``\\xXX``/``\\uXXXX``. Characters outside the BMP are written raw (as UTF-8), never as a
+  JSON surrogate pair, which YAML would read as two characters.
+* mapping keys: YAML allows an implicit key of at most 1024 characters; a longer key (rare)
+  goes to PyYAML, which writes an explicit ``? key``. Keys that are not strings (``int``,
+  ``bool``, ``None``, ``float``) are written as YAML plain scalars; other keys go to PyYAML.
+* mappings are written with their keys sorted, as ``yaml.dump`` does (insertion order when the
+  keys cannot be sorted).
+* a container that appears twice (a cycle, or a shared sub-list) goes to PyYAML, which writes
+  an anchor and aliases; a container nested deeper than :data:`MAX_DEPTH` too.
+
+:func:`encode` returns ``None`` for any value it does not handle; the caller then uses PyYAML.
+
+:func:`decode` reads a body with ``json`` only when the body is in a form for which JSON and
+YAML 1.1 give the same value, and returns :data:`MISS` otherwise (the caller then uses the YAML
+loader). JSON and YAML 1.1 agree on a JSON document when: it starts with ``{``, ``[`` or ``"``
+(or is ``!!python/tuple`` followed by a JSON array, as :func:`encode` writes tuples); it is one
+line (an optional final newline) without tabs or carriage returns; no float has an exponent
+without a dot and a sign, and there is no ``NaN``/``Infinity``; no string has a raw character
+of the hazard list above or a ``\\uD800``-``\\uDFFF`` escape; and no mapping key could be over
+YAML's 1024-character limit (keys of at most 160 characters, no run of 64 spaces, checked only
+on bodies over 1,000 characters). JSON's escapes (``\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX``)
+mean the same in YAML's double-quoted scalars, JSON's numbers, ``true``, ``false`` and ``null``
+resolve to the same values, and a quoted key is always a string (never a ``<<`` merge).
+Anything else, kiwiPy's block-style YAML included, is left to the YAML loader.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from datetime import date, datetime
+from typing import Any, Final
+
+__all__ = ["MAX_DEPTH", "MISS", "decode", "encode"]
+
+#: Containers nested deeper than this are left to PyYAML.
+MAX_DEPTH: Final = 100
+
+#: Longest string key (in characters) written or accepted as an implicit key: escaped, a
+#: character takes at most 6 (``\\uXXXX``), and YAML's limit is 1024.
+_MAX_KEY: Final = 160
+
+#: Longest key text, once written, for YAML's implicit keys (limit 1024).
+_MAX_KEY_TEXT: Final = 1000
+
+
+class _Miss:
+    """The type of :data:`MISS`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISS"
+
+
+#: What :func:`decode` returns for a body it leaves to the YAML loader.
+MISS: Final = _Miss()
+
+
+class _Fallback(Exception):
+    """Raised inside the fast paths: leave this value or body to PyYAML."""
+
+
+# --------------------------------------------------------------------------- encoding
+
+#: Exact types the C encoder writes exactly as YAML reads them back.
+_ATOMS: Final[frozenset[type]] = frozenset({str, int, bool, type(None)})
+#: ... and floats, which it may write as YAML strings (``1e+16``) or refuse (NaN).
+_ATOMS_AND_FLOAT: Final[frozenset[type]] = _ATOMS | {float}
+_STR: Final[frozenset[type]] = frozenset({str})
+
+_JSON: Final = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, check_circular=False, allow_nan=False
+)
+_json_encode: Final = _JSON.encode
+_encode_str: Final = json.encoder.encode_basestring  # the C version when _json is there
+
+#: Characters ``json`` leaves raw that YAML's readers refuse or take for line breaks.
+_HAZARDS: Final = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
+
+
+def _escape_hazard(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02X}" if code < 0x100 else f"\\u{code:04X}"
+
+
+def _float_is_plain(value: float) -> bool:
+    """``repr(value)`` has a dot and no exponent (so YAML 1.1 reads it as this float)."""
+    return value == 0.0 or 1e-4 <= abs(value) < 1e16
+
+
+def _float(value: float) -> str:
+    """A float as ``yaml.dump`` writes it."""
+    if value != value:
+        return ".nan"
+    if value == float("inf"):
+        return ".inf"
+    if value == float("-inf"):
+        return "-.inf"
+    text = float.__repr__(value)
+    if "e" in text and "." not in text:
+        text = text.replace("e", ".0e", 1)
+    return text
+
+
+def _complex(value: complex) -> str:
+    """A complex number as ``yaml.dump`` writes it."""
+    if value.imag == 0.0:
+        return repr(value.real)
+    if value.real == 0.0:
+        return f"{value.imag!r}j"
+    if value.imag > 0:
+        return f"{value.real!r}+{value.imag!r}j"
+    return f"{value.real!r}{value.imag!r}j"
+
+
+def _str_key(key: str) -> str:
+    text = _encode_str(key)
+    if len(key) > _MAX_KEY:
+        text = _HAZARDS.sub(_escape_hazard, text)
+        if len(text) > _MAX_KEY_TEXT:
+            raise _Fallback
+    return text
+
+
+def _key(key: Any) -> str:
+    cls = type(key)
+    if cls is str:
+        return _str_key(key)
+    if cls is int:
+        text = int.__repr__(key)
+        if len(text) > _MAX_KEY_TEXT:
+            raise _Fallback
+        return text
+    if cls is bool:
+        return "true" if key else "false"
+    if key is None:
+        return "null"
+    if cls is float:
+        return _float(key)
+    raise _Fallback  # a tuple, a date, ...: PyYAML writes it as an explicit key
+
+
+def _json_floats_ok(text: str) -> bool:
+    """JSON text of plain data whose floats (if any) are all YAML floats.
+
+    A float needs fixing only if ``repr`` wrote an exponent (``1e+16``, ``1.5e-05``): a
+    false alarm (``e-`` in a string) only costs the slower, exact path.
+    """
+    return "e+" not in text and "e-" not in text
+
+
+def _leaf(container: list[Any] | tuple[Any, ...] | dict[str, Any], types: set[type]) -> str | None:
+    """The C encoder's text for a container of atoms (and floats), if YAML reads it as is."""
+    if types <= _ATOMS:
+        return _json_encode(container)
+    if types <= _ATOMS_AND_FLOAT:
+        try:
+            text = _json_encode(container)
+        except ValueError:  # NaN or an infinity
+            return None
+        if _json_floats_ok(text):
+            return text
+        values = container.values() if type(container) is dict else container
+        if all(_float_is_plain(v) for v in values if type(v) is float):
+            return text
+    return None
+
+
+class _Emitter:
+    """One :func:`encode` call.
+
+    :meth:`plain` checks a whole value for the C encoder; :meth:`emit` writes the rest node by
+    node, handing every plain container to the C encoder. A container met twice (shared or
+    cyclic) ends the fast path: PyYAML writes anchors.
+    """
+
+    __slots__ = ("floats", "seen")
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.floats = False
+
+    # -- the whole value at once
+
+    def plain(self, obj: Any, depth: int, seen: set[int]) -> bool:
+        """``obj`` is JSON data (no tuples, string keys of at most ``_MAX_KEY``, no cycles).
+
+        Floats are allowed (``self.floats`` tells whether there were any): the caller checks
+        the text (:func:`_json_floats_ok`).
+        """
+        cls = type(obj)
+        if cls in _ATOMS:
+            return True
+        if cls is float:
+            self.floats = True
+            return True
+        if depth >= MAX_DEPTH or (cls is not dict and cls is not list):
+            return False
+        if not obj:
+            return True
+        ident = id(obj)
+        if ident in seen:
+            return False
+        seen.add(ident)
+        if cls is dict:
+            if set(map(type, obj)) != _STR or max(map(len, obj)) > _MAX_KEY:
+                return False
+            values = obj.values()
+        else:
+            values = obj
+        types = set(map(type, values))
+        if types <= _ATOMS:
+            return True
+        if types <= _ATOMS_AND_FLOAT:
+            self.floats = True
+            return True
+        depth += 1
+        plain = self.plain
+        return all([plain(v, depth, seen) for v in values])
+
+    def whole(self, obj: Any) -> str | None:
+        """The C encoder's text for all of ``obj`` if that is YAML for it, else ``None``.
+
+        ``obj`` may be a tuple: its items are checked, and the text is a JSON array.
+        """
+        self.floats = False
+        seen: set[int] = set()
+        if type(obj) is tuple:
+            plain = self.plain
+            if not all([plain(item, 1, seen) for item in obj]):
+                return None
+        elif not self.plain(obj, 0, seen):
+            return None
+        try:
+            text = _json_encode(obj)
+        except ValueError:  # NaN or an infinity
+            return None
+        if self.floats and not _json_floats_ok(text):
+            return None
+        return text
+
+    # -- node by node
+
+    def enter(self, container: object, depth: int) -> None:
+        ident = id(container)
+        if ident in self.seen or depth >= MAX_DEPTH:
+            raise _Fallback
+        self.seen.add(ident)
+
+    def emit(self, obj: Any, depth: int) -> str:
+        cls = type(obj)
+        if cls is str:
+            return _encode_str(obj)
+        if cls is dict:
+            return self.mapping(obj, depth)
+        if cls is list:
+            return self.sequence(obj, depth)
+        if cls is tuple:
+            return "!!python/tuple " + self.sequence(obj, depth)
+        if cls is int:
+            return int.__repr__(obj)
+        if cls is bool:
+            return "true" if obj else "false"
+        if obj is None:
+            return "null"
+        if cls is float:
+            return _float(obj)
+        if cls is bytes:
+            return '!!binary "' + base64.b64encode(obj).decode("ascii") + '"'
+        if cls is set:
+            self.enter(obj, depth)
+            try:
+                keys = sorted(obj)
+            except TypeError:
+                keys = list(obj)
+            return "!!set {" + ", ".join([_key(k) + ": null" for k in keys]) + "}"
+        if cls is datetime:
+            return f'!!timestamp "{obj.isoformat(" ")}"'
+        if cls is date:
+            return f'!!timestamp "{obj.isoformat()}"'
+        if cls is complex:
+            return '!!python/complex "' + _complex(obj) + '"'
+        raise _Fallback  # PyYAML raises the TypeError, or writes what this does not
+
+    def sequence(self, items: list[Any] | tuple[Any, ...], depth: int) -> str:
+        if not items:
+            return "[]"
+        self.enter(items, depth)
+        types = set(map(type, items))
+        text = _leaf(items, types)
+        if text is not None:
+            return text
+        if types <= {dict, list} and len(items) > 1:  # e.g. a list of records
+            text = _Emitter().whole(items)
+            if text is not None:
+                return text
+        emit = self.emit
+        depth += 1
+        return "[" + ", ".join([emit(item, depth) for item in items]) + "]"
+
+    def mapping(self, mapping: dict[Any, Any], depth: int) -> str:
+        if not mapping:
+            return "{}"
+        self.enter(mapping, depth)
+        if set(map(type, mapping)) == _STR and max(map(len, mapping)) <= _MAX_KEY:
+            text = _leaf(mapping, set(map(type, mapping.values())))
+            if text is not None:
+                return text
+        try:
+            items = sorted(mapping.items())
+        except TypeError:  # keys of different types: yaml.dump keeps the order too
+            items = list(mapping.items())
+        emit = self.emit
+        depth += 1
+        return "{" + ", ".join([_key(k) + ": " + emit(v, depth) for k, v in items]) + "}"
+
+
+def encode(obj: Any) -> bytes | None:
+    """``obj`` as a one-line flow-style YAML document (UTF-8), or ``None`` to use PyYAML.
+
+    ``None`` is returned for anything this does not write itself: other types (PyYAML then
+    raises the codec's :class:`TypeError`), shared or cyclic containers, tuples or other
+    unusual values as mapping keys, keys over YAML's length limit, ints over Python's
+    conversion limit, nesting deeper than :data:`MAX_DEPTH`.
+    """
+    try:
+        if (  # the usual body, a flat record: one check, one call
+            type(obj) is dict
+            and obj
+            and set(map(type, obj)) == _STR
+            and max(map(len, obj)) <= _MAX_KEY
+            and set(map(type, obj.values())) <= _ATOMS
+        ):
+            text = _json_encode(obj)
+        else:
+            emitter = _Emitter()
+            whole = emitter.whole(obj)
+            if type(obj) is tuple:  # a task: (task, no_reply)
+                text = "!!python/tuple " + (whole or emitter.sequence(obj, 0))
+            else:
+                text = whole or emitter.emit(obj, 0)
+    except (_Fallback, TypeError, ValueError, RecursionError):
+        return None
+    if not text.isascii() or "\x7f" in text:
+        text = _HAZARDS.sub(_escape_hazard, text)
+    return (text + "\n").encode("utf-8")
+
+
+# --------------------------------------------------------------------------- decoding
+
+#: A float that YAML 1.1 resolves as a float: a dot, and a signed exponent if any.
+_YAML_FLOAT: Final = re.compile(r"-?[0-9]+\.[0-9]+(?:[eE][-+][0-9]+)?")
+_RAW_HAZARDS: Final = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+_TUPLE_PREFIX: Final = b"!!python/tuple ["
+_TUPLE_START: Final = len(_TUPLE_PREFIX) - 1
+_STARTS: Final = frozenset(b'{["')
+
+
+def _parse_float(text: str) -> float:
+    if _YAML_FLOAT.fullmatch(text) is None:  # e.g. 1e5: a string in YAML 1.1
+        raise _Fallback
+    return float(text)
+
+
+def _parse_constant(text: str) -> Any:
+    raise _Fallback  # NaN, Infinity, -Infinity: strings in YAML
+
+
+def _short_keys(mapping: dict[str, Any]) -> dict[str, Any]:
+    if mapping and max(map(len, mapping)) > _MAX_KEY:
+        raise _Fallback  # maybe over YAML's implicit key limit: let YAML decide
+    return mapping
+
+
+_DECODER: Final = json.JSONDecoder(parse_float=_parse_float, parse_constant=_parse_constant)
+_KEY_CHECKING_DECODER: Final = json.JSONDecoder(
+    parse_float=_parse_float, parse_constant=_parse_constant, object_hook=_short_keys
+)
+
+
+def decode(data: bytes) -> Any:
+    """The value of a body that is a JSON document YAML reads the same way, else :data:`MISS`.
+
+    The value is the one YAML 1.1 gives (``!!python/tuple [...]`` is a tuple); :data:`MISS`
+    means the body must be decoded with the YAML loader, which may also raise.
+    """
+    if type(data) is not bytes or not data:
+        return MISS
+    if data[0] in _STARTS:
+        start = 0
+    elif data.startswith(_TUPLE_PREFIX):
+        start = _TUPLE_START
+    else:
+        return MISS
+    newline = data.find(b"\n")
+    if (newline != -1 and newline != len(data) - 1) or b"\t" in data or b"\r" in data:
+        return MISS
+    if data.isascii():
+        if b"\x7f" in data:
+            return MISS
+        text = data.decode("ascii")
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return MISS
+        if _RAW_HAZARDS.search(text) is not None:
+            return MISS
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None:
+        return MISS
+    decoder = _DECODER
+    if len(text) > _MAX_KEY_TEXT:
+        if " " * 64 in text:
+            return MISS
+        decoder = _KEY_CHECKING_DECODER
+    try:
+        value, end = decoder.raw_decode(text, start)
+    except (_Fallback, ValueError, RecursionError):
+        return MISS
+    if end != len(text) and text[end:].strip(" \n"):
+        return MISS
+    if start:
+        return tuple(value)
+    return value
