@@ -199,6 +199,10 @@ def _squeeze(lines: list[str]) -> list[str]:
 def _doc(obj: Any) -> str:
     """``obj``'s docstring, in Markdown."""
     text = inspect.cleandoc(obj.__doc__ or "").strip()
+    # ``literals``, also those broken across lines (Markdown code spans may span lines too)
+    parts = text.split("``")
+    if len(parts) % 2:
+        text = "".join(f"`{part}`" if i % 2 else part for i, part in enumerate(parts))
     return "\n".join(_squeeze(_markdown(text.splitlines()))) if text else ""
 
 
