@@ -89,7 +89,9 @@ def test_every_public_name_has_a_docstring() -> None:
 
 ROOT = DOCS.parent
 #: api.md is generated from the docstrings; README.md is covered once its blocks run as written.
-CODE_PAGES = sorted(path for path in DOCS.glob("*.md") if path.name != "api.md")
+CODE_PAGES = [ROOT / "README.md"] + sorted(
+    path for path in DOCS.glob("*.md") if path.name != "api.md"
+)
 BLOCK_TIMEOUT = 60
 BACKGROUND_START = 3.0  # seconds a background block gets to subscribe before the next block
 
