@@ -5,7 +5,9 @@ process, ``tests/kiwipy_peer.py`` (see its docstring for the JSON-lines protocol
 ``$KIWI_ANYIO_KIWIPY_PYTHON`` (set by ``scripts/test``), else ``.venv-kiwipy/bin/python`` next
 to this repository; without either these tests fail (they are never skipped).
 
-Each test starts one peer (``RmqThreadCommunicator`` with ``testing_mode=True`` unless stated)
+Each test starts one peer (``RmqThreadCommunicator`` with ``testing_mode=True`` unless stated;
+on RabbitMQ 4, where kiwiPy's testing mode declares a transient task queue that 4.3 refuses,
+both sides run without it)
 and one kiwi_anyio communicator on the same, freshly named exchanges and task queue, and proves
 both directions: tasks, RPC and broadcasts, and that both sides declare the task queue (durable
 or in testing mode) with identical arguments.
@@ -210,16 +212,31 @@ class Peer:
             await process.aclose()
 
 
+_TESTING_MODE: dict[str, bool] = {}
+
+
+async def default_testing_mode(url: str) -> bool:
+    """kiwiPy's testing mode where the broker allows it: RabbitMQ 3.x (4.3 refuses its
+    transient task queues, and our broker 4 is configured so)."""
+    if url not in _TESTING_MODE:
+        async with amqp_connect(url) as conn:
+            version = str(conn.server_properties.get("version", ""))
+        _TESTING_MODE[url] = version.startswith("3.")
+    return _TESTING_MODE[url]
+
+
 @asynccontextmanager
 async def kiwipy_peer(
     url: str,
     names: Names,
     mode: str = "serve",
     *,
-    testing_mode: bool = True,
+    testing_mode: bool | None = None,
     prefetch: int = 0,
 ) -> AsyncIterator[Peer]:
     """Start ``kiwipy_peer.py``; it is stopped (killed if need be) when the block exits."""
+    if testing_mode is None:
+        testing_mode = await default_testing_mode(url)
     command = [kiwipy_python(), str(PEER_SCRIPT), mode, "--url", url, *names.peer_args()]
     if not testing_mode:
         command.append("--no-testing-mode")
@@ -239,9 +256,11 @@ async def kiwipy_peer(
 
 @asynccontextmanager
 async def kiwi_comm(
-    url: str, names: Names, *, testing_mode: bool = True, **options: Any
+    url: str, names: Names, *, testing_mode: bool | None = None, **options: Any
 ) -> AsyncIterator[kiwi_anyio.Communicator]:
     """A kiwi_anyio communicator on the test's exchanges and task queue."""
+    if testing_mode is None:
+        testing_mode = await default_testing_mode(url)
     async with kiwi_anyio.connect(
         url,
         message_exchange=names.message_exchange,
