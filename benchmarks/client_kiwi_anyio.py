@@ -37,7 +37,7 @@ Params = dict[str, Any]
 
 
 def _codec(params: Params) -> codecs.Codec:
-    return {"json": codecs.JSON, "yaml": codecs.YAML}[params.get("codec", "json")]
+    return {"json": codecs.JSON, "yaml": codecs.YAML}[params.get("codec", "yaml")]
 
 
 async def _run_workers(count: int, worker: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -27,7 +27,7 @@ def _encode(obj):
 
 
 def _options(params, tag, **extra):
-    codec = params.get("codec", "json")
+    codec = params.get("codec", "yaml")
     options = {
         "message_exchange": f"bench-{tag}.messages",
         "task_exchange": f"bench-{tag}.tasks",

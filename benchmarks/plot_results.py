@@ -11,6 +11,8 @@ COLOURS = {
     "kiwi_anyio/asyncio": "#1f77b4",
     "kiwi_anyio/uvloop": "#6baed6",
     "kiwi_anyio/trio": "#9467bd",
+    "kiwi_anyio/asyncio+json": "#2ca02c",
+    "kiwi_anyio/trio+json": "#98df8a",
     "kiwiPy/thread": "#d62728",
     "kiwiPy/asyncio": "#ff9896",
     "aio-pika": "#2ca02c",

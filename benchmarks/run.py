@@ -15,6 +15,12 @@ Clients (columns): kiwi_anyio on asyncio, asyncio+uvloop and trio (``.venv-bench
 0.9's ``RmqThreadCommunicator`` and asyncio ``RmqCommunicator`` (``.venv-kiwipy``, kiwiPy pins
 pamqp 3); aio-pika, aiormq and pika (``.venv-bench``). Ratios are kiwi_anyio on asyncio
 against each peer, written so that a number above 1 means kiwi_anyio does better.
+
+Codecs: the communicator workloads run every client with its default codec, kiwiPy's YAML
+(``--codec yaml``, the default), or all with JSON (``--codec json``). With YAML,
+``kiwi_anyio/asyncio+json`` and ``kiwi_anyio/trio+json`` columns run kiwi_anyio with its JSON
+codec beside them, and a "default vs default" table compares kiwi_anyio's default with
+kiwiPy's default and with kiwi_anyio's JSON codec (issue 14). Every row names its codec.
 """
 
 from __future__ import annotations
@@ -69,10 +75,30 @@ CLIENTS = [
     Client("aiormq", "client_aiormq.py", BENCH_VENV, {}),
     Client("pika", "client_pika.py", BENCH_VENV, {}),
 ]
+#: kiwi_anyio with its JSON codec, beside the default-codec columns (dropped with --codec json)
+JSON_CLIENTS = [
+    Client(
+        "kiwi_anyio/asyncio+json",
+        "client_kiwi_anyio.py",
+        BENCH_VENV,
+        {"backend": "asyncio", "codec": "json"},
+    ),
+    Client(
+        "kiwi_anyio/trio+json",
+        "client_kiwi_anyio.py",
+        BENCH_VENV,
+        {"backend": "trio", "codec": "json"},
+    ),
+]
+CLIENTS.insert(CLIENTS.index(CLIENTS[2]) + 1, JSON_CLIENTS[0])
+CLIENTS.insert(CLIENTS.index(JSON_CLIENTS[0]) + 1, JSON_CLIENTS[1])
 CLIENT_BY_NAME = {c.name: c for c in CLIENTS}
 KIWI = ("kiwi_anyio/asyncio", "kiwi_anyio/uvloop", "kiwi_anyio/trio")
+KIWI_JSON = tuple(c.name for c in JSON_CLIENTS)
 PROTOCOL_PEERS = (*KIWI, "aio-pika", "aiormq", "pika")
-COMM_PEERS = (*KIWI, "kiwiPy/thread", "kiwiPy/asyncio", "aio-pika")
+COMM_PEERS = (*KIWI, *KIWI_JSON, "kiwiPy/thread", "kiwiPy/asyncio", "aio-pika")
+#: Workloads whose bodies go through a communicator's codec (the others send raw bytes).
+CODEC_WORKLOADS = ("tasks", "rpc_seq", "rpc_par", "broadcast_1", "broadcast_4", "memory")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,7 +379,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="with --url: the broker's beam.smp process, to report its CPU per message",
     )
-    parser.add_argument("--codec", default="json", choices=("json", "yaml"))
+    parser.add_argument(
+        "--codec",
+        default="yaml",
+        choices=("yaml", "json"),
+        help="codec of the communicator workloads: yaml (default: every client's default, "
+        "kiwiPy's wire format; kiwi_anyio's JSON codec runs beside it as +json columns) or json "
+        "(every client with JSON)",
+    )
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
     parser.add_argument(
         "--rev",
@@ -368,6 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(`kiwi_anyio@REV/asyncio` …) interleaved with the others: a before/after comparison",
     )
     args = parser.parse_args(argv)
+    if args.codec == "json":  # every client already uses JSON: no +json columns
+        for i, w in enumerate(WORKLOADS):
+            WORKLOADS[i] = dataclasses.replace(
+                w, clients=tuple(c for c in w.clients if c not in KIWI_JSON)
+            )
+            WORKLOAD_BY_NAME[w.name] = WORKLOADS[i]
     snapshot: Path | None = None
     if args.rev:
         snapshot = _snapshot(args.rev)
@@ -478,6 +517,7 @@ def _main(
         "results": results,
     }
     report["ratios"] = ratios(results)
+    report["defaults"] = default_vs_default(results)
     report["goals"] = goals(results, args)
     write_outputs(report, Path(args.out))
     return 0
@@ -583,6 +623,62 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float | Non
     return out
 
 
+#: (workload, metric) pairs of the default-vs-default comparison (issue 14).
+DEFAULTS_COMPARED = (
+    ("tasks", THROUGHPUT),
+    ("tasks", CPU),
+    ("rpc_par", THROUGHPUT),
+    ("rpc_par", CPU),
+    ("rpc_seq", P50),
+    ("broadcast_1", Metric("msgs_per_s", "broadcasts/s", True)),
+)
+
+
+def _best_kiwipy(results: dict[str, Any], workload: str, metric: Metric) -> float | None:
+    values = [
+        v
+        for v in (
+            _median(results, workload, c, metric.key) for c in ("kiwiPy/thread", "kiwiPy/asyncio")
+        )
+        if v is not None
+    ]
+    if not values:
+        return None
+    return max(values) if metric.higher_is_better else min(values)
+
+
+def default_vs_default(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each client with its default codec, and kiwi_anyio with JSON, in the same run.
+
+    Rows: (workload, metric, backend) with kiwi_anyio's default (YAML), kiwiPy's best flavour
+    (YAML), kiwi_anyio with JSON, and the ratios (above 1 = the default kiwi_anyio better).
+    Empty unless the run had the ``+json`` columns (``--codec yaml``).
+    """
+    rows: list[dict[str, Any]] = []
+    for workload, metric in DEFAULTS_COMPARED:
+        for backend in ("asyncio", "trio"):
+            default = _median(results, workload, f"kiwi_anyio/{backend}", metric.key)
+            as_json = _median(results, workload, f"kiwi_anyio/{backend}+json", metric.key)
+            if default is None or as_json is None:
+                continue
+            kiwipy = _best_kiwipy(results, workload, metric)
+            rows.append(
+                {
+                    "workload": workload,
+                    "metric": metric.label,
+                    "key": metric.key,
+                    "backend": backend,
+                    "default": default,
+                    "kiwipy": kiwipy,
+                    "json": as_json,
+                    "vs_kiwipy": _ratio(default, kiwipy, metric.higher_is_better),
+                    "vs_json": _ratio(default, as_json, metric.higher_is_better),
+                    "fmt": metric.fmt,
+                }
+            )
+    return rows
+
+
 def goals(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     """The issues' targets, each with the measured value and whether it is met."""
     out: list[dict[str, Any]] = []
@@ -654,6 +750,16 @@ def goals(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
             None if worst is None else worst[0] <= 1.25,
             worst[1] if worst else "",
         )
+    for row in default_vs_default(results):
+        if row["key"] != "msgs_per_s" or row["workload"] not in ("tasks", "rpc_par"):
+            continue
+        r = row["vs_json"]
+        add(
+            f"{row['workload']} {row['metric']} on {row['backend']}: default codec (YAML) vs JSON",
+            r,
+            "≥ 0.83x (within 1.2x of JSON)",
+            _ge(r, 1 / 1.2),
+        )
     growth = _median(results, "memory", SUBJECT, "rss_growth_mib")
     n = _median(results, "memory", SUBJECT, "rss_growth_n")
     note = ""
@@ -724,16 +830,59 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     names = [c.name for c in CLIENTS]
     present = [n for n in names if any(n in results.get(w.name, {}) for w in WORKLOADS)]
+    codec = meta.get("codec", "json")
+    defaults = report.get("defaults") or []
+    if defaults:
+        lines += [
+            "## Default vs default (issue 14): every client with its default codec",
+            "",
+            "kiwi_anyio's default codec and kiwiPy's are both YAML (kiwiPy's wire format); "
+            "kiwiPy is its better flavour (thread or asyncio) per row; the JSON column is "
+            "kiwi_anyio with `codec=JSON` in the same run. Ratios above 1: kiwi_anyio's default "
+            "better.",
+            "",
+            "| workload | metric | backend | kiwi_anyio default (YAML) | kiwiPy default (YAML) "
+            "| kiwi_anyio JSON | default vs kiwiPy | default vs JSON |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in defaults:
+            fmt = row["fmt"]
+
+            def num(value: float | None, fmt: str = fmt) -> str:
+                return "" if value is None else fmt.format(value)
+
+            lines.append(
+                f"| {row['workload']} | {row['metric']} | {row['backend']} | {num(row['default'])} "
+                f"| {num(row['kiwipy'])} | {num(row['json'])} | {_fmt_ratio(row['vs_kiwipy'])} "
+                f"| {_fmt_ratio(row['vs_json'])} |"
+            )
+        lines += [""]
     if present:
         lines += ["## Results", ""]
-        lines.append("| workload | metric | " + " | ".join(present) + " |")
-        lines.append("|---|---|" + "---|" * len(present))
+        lines.append(
+            "Codec: the communicator workloads run each client with "
+            + (
+                "its default codec (YAML for kiwi_anyio and kiwiPy; aio-pika's hand-written "
+                "equivalents send JSON); `+json` columns are kiwi_anyio with its JSON codec."
+                if codec == "yaml"
+                else "JSON."
+            )
+            + " The protocol workloads send raw bytes.",
+        )
+        lines += [""]
+        lines.append("| workload | codec | metric | " + " | ".join(present) + " |")
+        lines.append("|---|---|---|" + "---|" * len(present))
         for w in WORKLOADS:
             if w.name not in results:
                 continue
+            label = (
+                ("default (YAML)" if codec == "yaml" else "JSON")
+                if w.name in CODEC_WORKLOADS
+                else "raw bytes"
+            )
             for m in w.metrics:
                 cells = [_cell(results[w.name].get(n), m) for n in present]
-                lines.append(f"| {w.name} | {m.label} | " + " | ".join(cells) + " |")
+                lines.append(f"| {w.name} | {label} | {m.label} | " + " | ".join(cells) + " |")
         lines += ["", "## Ratios: kiwi_anyio on asyncio vs each peer (above 1 = kiwi_anyio better)"]
         lines += [""]
         peers = [n for n in present if n != SUBJECT]
@@ -749,8 +898,8 @@ def markdown(report: dict[str, Any]) -> str:
                 if any(cells):
                     lines.append(f"| {w.name} | {m.label} | " + " | ".join(cells) + " |")
         lines += [""]
-    codec = results.get(CODEC)
-    if codec and "error" not in codec:
+    floor = results.get(CODEC)
+    if floor and "error" not in floor:
         lines += [
             "## Per-message codec floor (in-process, µs)",
             "",
@@ -760,10 +909,10 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for kind in ("minimal", "communicator"):
             lines.append(
-                f"| {kind} | {codec[f'{kind}_floor_publish_us']:.1f} | "
-                f"{codec[f'{kind}_floor_consume_us']:.1f} | "
-                f"{codec[f'{kind}_core_publish_us']:.1f} | "
-                f"{codec[f'{kind}_core_consume_us']:.1f} |"
+                f"| {kind} | {floor[f'{kind}_floor_publish_us']:.1f} | "
+                f"{floor[f'{kind}_floor_consume_us']:.1f} | "
+                f"{floor[f'{kind}_core_publish_us']:.1f} | "
+                f"{floor[f'{kind}_core_consume_us']:.1f} |"
             )
         lines += [
             "",

@@ -103,11 +103,6 @@ def _escape_hazard(match: re.Match[str]) -> str:
     return f"\\x{code:02X}" if code < 0x100 else f"\\u{code:04X}"
 
 
-def _float_is_plain(value: float) -> bool:
-    """``repr(value)`` has a dot and no exponent (so YAML 1.1 reads it as this float)."""
-    return value == 0.0 or 1e-4 <= abs(value) < 1e16
-
-
 def _float(value: float) -> str:
     """A float as ``yaml.dump`` writes it."""
     if value != value:
@@ -160,106 +155,60 @@ def _key(key: Any) -> str:
     raise _Fallback  # a tuple, a date, ...: PyYAML writes it as an explicit key
 
 
-def _json_floats_ok(text: str) -> bool:
-    """JSON text of plain data whose floats (if any) are all YAML floats.
+def _plain(obj: Any, depth: int, seen: set[int]) -> bool:
+    """The C encoder writes ``obj`` as YAML that reads back as ``obj``.
 
-    A float needs fixing only if ``repr`` wrote an exponent (``1e+16``, ``1.5e-05``): a
-    false alarm (``e-`` in a string) only costs the slower, exact path.
+    That is: atoms, floats whose ``repr`` has a dot and no exponent, and lists and dicts of
+    those (no tuples: they need a tag), with string keys of at most ``_MAX_KEY`` characters,
+    nested at most :data:`MAX_DEPTH` deep, no container met twice (``seen``).
     """
-    return "e+" not in text and "e-" not in text
-
-
-def _leaf(container: list[Any] | tuple[Any, ...] | dict[str, Any], types: set[type]) -> str | None:
-    """The C encoder's text for a container of atoms (and floats), if YAML reads it as is."""
+    cls = type(obj)
+    if cls is dict:
+        if not obj:
+            return True
+        if set(map(type, obj)) != _STR or max(map(len, obj)) > _MAX_KEY:
+            return False
+        values: Any = obj.values()
+    elif cls is list:
+        if not obj:
+            return True
+        values = obj
+    elif cls is float:
+        number: float = obj
+        return number == 0.0 or 1e-4 <= abs(number) < 1e16
+    else:
+        return cls in _ATOMS
+    ident = id(obj)
+    if ident in seen or depth >= MAX_DEPTH:
+        return False
+    seen.add(ident)
+    types = set(map(type, values))
     if types <= _ATOMS:
-        return _json_encode(container)
+        return True
+    depth += 1
     if types <= _ATOMS_AND_FLOAT:
-        try:
-            text = _json_encode(container)
-        except ValueError:  # NaN or an infinity
-            return None
-        if _json_floats_ok(text):
-            return text
-        values = container.values() if type(container) is dict else container
-        if all(_float_is_plain(v) for v in values if type(v) is float):
-            return text
-    return None
+        for value in values:
+            if type(value) is float and not (value == 0.0 or 1e-4 <= abs(value) < 1e16):
+                return False
+        return True
+    for value in values:  # noqa: SIM110 (a loop is faster than all() and a generator)
+        if not _plain(value, depth, seen):
+            return False
+    return True
 
 
 class _Emitter:
-    """One :func:`encode` call.
+    """One :func:`encode` call that :func:`_plain` refused as a whole: node by node.
 
-    :meth:`plain` checks a whole value for the C encoder; :meth:`emit` writes the rest node by
-    node, handing every plain container to the C encoder. A container met twice (shared or
-    cyclic) ends the fast path: PyYAML writes anchors.
+    Every container that :func:`_plain` accepts is handed to the C encoder; the rest is
+    written here. A container met twice (shared or cyclic) ends the fast path: PyYAML then
+    writes anchors and aliases.
     """
 
-    __slots__ = ("floats", "seen")
+    __slots__ = ("seen",)
 
     def __init__(self) -> None:
         self.seen: set[int] = set()
-        self.floats = False
-
-    # -- the whole value at once
-
-    def plain(self, obj: Any, depth: int, seen: set[int]) -> bool:
-        """``obj`` is JSON data (no tuples, string keys of at most ``_MAX_KEY``, no cycles).
-
-        Floats are allowed (``self.floats`` tells whether there were any): the caller checks
-        the text (:func:`_json_floats_ok`).
-        """
-        cls = type(obj)
-        if cls in _ATOMS:
-            return True
-        if cls is float:
-            self.floats = True
-            return True
-        if depth >= MAX_DEPTH or (cls is not dict and cls is not list):
-            return False
-        if not obj:
-            return True
-        ident = id(obj)
-        if ident in seen:
-            return False
-        seen.add(ident)
-        if cls is dict:
-            if set(map(type, obj)) != _STR or max(map(len, obj)) > _MAX_KEY:
-                return False
-            values = obj.values()
-        else:
-            values = obj
-        types = set(map(type, values))
-        if types <= _ATOMS:
-            return True
-        if types <= _ATOMS_AND_FLOAT:
-            self.floats = True
-            return True
-        depth += 1
-        plain = self.plain
-        return all([plain(v, depth, seen) for v in values])
-
-    def whole(self, obj: Any) -> str | None:
-        """The C encoder's text for all of ``obj`` if that is YAML for it, else ``None``.
-
-        ``obj`` may be a tuple: its items are checked, and the text is a JSON array.
-        """
-        self.floats = False
-        seen: set[int] = set()
-        if type(obj) is tuple:
-            plain = self.plain
-            if not all([plain(item, 1, seen) for item in obj]):
-                return None
-        elif not self.plain(obj, 0, seen):
-            return None
-        try:
-            text = _json_encode(obj)
-        except ValueError:  # NaN or an infinity
-            return None
-        if self.floats and not _json_floats_ok(text):
-            return None
-        return text
-
-    # -- node by node
 
     def enter(self, container: object, depth: int) -> None:
         ident = id(container)
@@ -306,14 +255,8 @@ class _Emitter:
         if not items:
             return "[]"
         self.enter(items, depth)
-        types = set(map(type, items))
-        text = _leaf(items, types)
-        if text is not None:
-            return text
-        if types <= {dict, list} and len(items) > 1:  # e.g. a list of records
-            text = _Emitter().whole(items)
-            if text is not None:
-                return text
+        if _plain_items(items, depth):
+            return _json_encode(items)
         emit = self.emit
         depth += 1
         return "[" + ", ".join([emit(item, depth) for item in items]) + "]"
@@ -322,10 +265,8 @@ class _Emitter:
         if not mapping:
             return "{}"
         self.enter(mapping, depth)
-        if set(map(type, mapping)) == _STR and max(map(len, mapping)) <= _MAX_KEY:
-            text = _leaf(mapping, set(map(type, mapping.values())))
-            if text is not None:
-                return text
+        if _plain(mapping, depth, set()):
+            return _json_encode(mapping)
         try:
             items = sorted(mapping.items())
         except TypeError:  # keys of different types: yaml.dump keeps the order too
@@ -333,6 +274,16 @@ class _Emitter:
         emit = self.emit
         depth += 1
         return "{" + ", ".join([_key(k) + ": " + emit(v, depth) for k, v in items]) + "}"
+
+
+def _plain_items(items: list[Any] | tuple[Any, ...], depth: int) -> bool:
+    """Every item of a list or tuple is :func:`_plain` (the C encoder writes both as arrays)."""
+    seen: set[int] = set()
+    depth += 1
+    for item in items:  # noqa: SIM110 (a loop is faster than all() and a generator)
+        if not _plain(item, depth, seen):
+            return False
+    return True
 
 
 def encode(obj: Any) -> bytes | None:
@@ -344,21 +295,15 @@ def encode(obj: Any) -> bytes | None:
     conversion limit, nesting deeper than :data:`MAX_DEPTH`.
     """
     try:
-        if (  # the usual body, a flat record: one check, one call
-            type(obj) is dict
-            and obj
-            and set(map(type, obj)) == _STR
-            and max(map(len, obj)) <= _MAX_KEY
-            and set(map(type, obj.values())) <= _ATOMS
-        ):
+        if type(obj) is tuple:  # a task: (task, no_reply)
+            if _plain_items(obj, 0):
+                text = "!!python/tuple " + _json_encode(obj)
+            else:
+                text = _Emitter().emit(obj, 0)
+        elif _plain(obj, 0, set()):  # a reply, a broadcast, an RPC message...
             text = _json_encode(obj)
         else:
-            emitter = _Emitter()
-            whole = emitter.whole(obj)
-            if type(obj) is tuple:  # a task: (task, no_reply)
-                text = "!!python/tuple " + (whole or emitter.sequence(obj, 0))
-            else:
-                text = whole or emitter.emit(obj, 0)
+            text = _Emitter().emit(obj, 0)
     except (_Fallback, TypeError, ValueError, RecursionError):
         return None
     if not text.isascii() or "\x7f" in text:
@@ -378,7 +323,11 @@ _STARTS: Final = frozenset(b'{["')
 
 
 def _parse_float(text: str) -> float:
-    if _YAML_FLOAT.fullmatch(text) is None:  # e.g. 1e5: a string in YAML 1.1
+    # JSON calls this for a number with a fraction or an exponent; YAML 1.1 reads it as a
+    # float only with a dot, and an exponent only with a sign (1e5 and 1.5e5 are strings)
+    if ("e" in text or "E" in text) and _YAML_FLOAT.fullmatch(text) is None:
+        raise _Fallback
+    if "." not in text:
         raise _Fallback
     return float(text)
 
