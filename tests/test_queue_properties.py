@@ -55,7 +55,9 @@ async def _everything(url: str, testing_mode: bool) -> AsyncIterator[dict[str, A
         await worker.add_task_subscriber(lambda _c, task: task + 1)
         await worker.add_rpc_subscriber(lambda _c, msg: msg * 2, "double")
         await worker.add_broadcast_subscriber(lambda _c, body, *_: got.append(body))
-        assert await (await sender.task_send(1, timeout=20)) == 2
+        future = await sender.task_send(1, timeout=20)
+        assert future is not None
+        assert await future == 2
         assert await (await sender.rpc_send("double", 4, timeout=20)) == 8
         await sender.broadcast_send("hello")
         while not got:
@@ -66,7 +68,7 @@ async def _everything(url: str, testing_mode: bool) -> AsyncIterator[dict[str, A
             kiwi_anyio.protocol.connect(url) as conn,
             conn.channel() as ch,
         ):
-            await ch.queue_delete(names["task_queue"])
+            await ch.queue_delete(str(names["task_queue"]))
 
 
 @pytest.mark.parametrize("testing_mode", [False, True], ids=["durable", "testing_mode"])
