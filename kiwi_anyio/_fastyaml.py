@@ -23,8 +23,10 @@ The YAML 1.1 hazards of JSON text, and how they are handled:
   ``bool``, ``None``, ``float``) are written as YAML plain scalars; other keys go to PyYAML.
 * mappings are written with their keys sorted, as ``yaml.dump`` does (insertion order when the
   keys cannot be sorted).
-* a container that appears twice (a cycle, or a shared sub-list) goes to PyYAML, which writes
-  an anchor and aliases; a container nested deeper than :data:`MAX_DEPTH` too.
+* a container holding containers that appears twice (any cycle passes through one) goes to
+  PyYAML, which writes an anchor and aliases, and so does nesting deeper than
+  :data:`MAX_DEPTH`; a list or dict of plain values referenced twice is written twice (an
+  equal value, where PyYAML writes an anchor and the receiver gets one shared object).
 
 :func:`encode` returns ``None`` for any value it does not handle; the caller then uses PyYAML.
 
@@ -58,6 +60,9 @@ MAX_DEPTH: Final = 100
 #: Longest string key (in characters) written or accepted as an implicit key: escaped, a
 #: character takes at most 6 (``\\uXXXX``), and YAML's limit is 1024.
 _MAX_KEY: Final = 160
+
+#: Mappings up to this size are checked with a loop, larger ones with sets of types.
+_SMALL: Final = 8
 
 #: Longest key text, once written, for YAML's implicit keys (limit 1024).
 _MAX_KEY_TEXT: Final = 1000
@@ -155,22 +160,42 @@ def _key(key: Any) -> str:
     raise _Fallback  # a tuple, a date, ...: PyYAML writes it as an explicit key
 
 
-def _plain(obj: Any, depth: int, seen: set[int]) -> bool:
+def _plain(obj: Any, depth: int, seen: set[int] | None) -> bool:
     """The C encoder writes ``obj`` as YAML that reads back as ``obj``.
 
     That is: atoms, floats whose ``repr`` has a dot and no exponent, and lists and dicts of
     those (no tuples: they need a tag), with string keys of at most ``_MAX_KEY`` characters,
-    nested at most :data:`MAX_DEPTH` deep, no container met twice (``seen``).
+    nested at most :data:`MAX_DEPTH` deep, no container with containers in it met twice
+    (``seen``, made when first needed; a cycle always passes through one).
     """
     cls = type(obj)
     if cls is dict:
         if not obj:
             return True
-        if set(map(type, obj)) != _STR or max(map(len, obj)) > _MAX_KEY:
+        if len(obj) <= _SMALL:  # a loop beats building sets for a few items
+            nested = False
+            for key, value in obj.items():
+                if type(key) is not str or len(key) > _MAX_KEY:
+                    return False
+                kind = type(value)
+                if kind in _ATOMS:
+                    continue
+                if kind is float:
+                    if not (value == 0.0 or 1e-4 <= abs(value) < 1e16):
+                        return False
+                    continue
+                nested = True
+            if not nested:
+                return True
+        elif set(map(type, obj)) != _STR or max(map(len, obj)) > _MAX_KEY:
             return False
+        elif _plain_atoms(obj.values()):
+            return True
         values: Any = obj.values()
     elif cls is list:
         if not obj:
+            return True
+        if _plain_atoms(obj):
             return True
         values = obj
     elif cls is float:
@@ -178,23 +203,32 @@ def _plain(obj: Any, depth: int, seen: set[int]) -> bool:
         return number == 0.0 or 1e-4 <= abs(number) < 1e16
     else:
         return cls in _ATOMS
+    if depth >= MAX_DEPTH:
+        return False
+    if seen is None:
+        seen = set()
     ident = id(obj)
-    if ident in seen or depth >= MAX_DEPTH:
+    if ident in seen:
         return False
     seen.add(ident)
+    depth += 1
+    for value in values:  # noqa: SIM110 (a loop is faster than all() and a generator)
+        if not _plain(value, depth, seen):
+            return False
+    return True
+
+
+def _plain_atoms(values: Any) -> bool:
+    """All of ``values`` are atoms or plain floats."""
     types = set(map(type, values))
     if types <= _ATOMS:
         return True
-    depth += 1
     if types <= _ATOMS_AND_FLOAT:
         for value in values:
             if type(value) is float and not (value == 0.0 or 1e-4 <= abs(value) < 1e16):
                 return False
         return True
-    for value in values:  # noqa: SIM110 (a loop is faster than all() and a generator)
-        if not _plain(value, depth, seen):
-            return False
-    return True
+    return False
 
 
 class _Emitter:
@@ -265,7 +299,7 @@ class _Emitter:
         if not mapping:
             return "{}"
         self.enter(mapping, depth)
-        if _plain(mapping, depth, set()):
+        if _plain(mapping, depth, None):
             return _json_encode(mapping)
         try:
             items = sorted(mapping.items())
@@ -278,6 +312,8 @@ class _Emitter:
 
 def _plain_items(items: list[Any] | tuple[Any, ...], depth: int) -> bool:
     """Every item of a list or tuple is :func:`_plain` (the C encoder writes both as arrays)."""
+    if set(map(type, items)) <= _ATOMS:
+        return True
     seen: set[int] = set()
     depth += 1
     for item in items:  # noqa: SIM110 (a loop is faster than all() and a generator)
@@ -287,7 +323,9 @@ def _plain_items(items: list[Any] | tuple[Any, ...], depth: int) -> bool:
 
 
 def encode(obj: Any) -> bytes | None:
-    """``obj`` as a one-line flow-style YAML document (UTF-8), or ``None`` to use PyYAML.
+    """``obj`` as a one-line flow-style YAML document (UTF-8, no final newline), or ``None``.
+
+    ``None`` means: use PyYAML.
 
     ``None`` is returned for anything this does not write itself: other types (PyYAML then
     raises the codec's :class:`TypeError`), shared or cyclic containers, tuples or other
@@ -300,7 +338,7 @@ def encode(obj: Any) -> bytes | None:
                 text = "!!python/tuple " + _json_encode(obj)
             else:
                 text = _Emitter().emit(obj, 0)
-        elif _plain(obj, 0, set()):  # a reply, a broadcast, an RPC message...
+        elif _plain(obj, 0, None):  # a reply, a broadcast, an RPC message...
             text = _json_encode(obj)
         else:
             text = _Emitter().emit(obj, 0)
@@ -308,7 +346,7 @@ def encode(obj: Any) -> bytes | None:
         return None
     if not text.isascii() or "\x7f" in text:
         text = _HAZARDS.sub(_escape_hazard, text)
-    return (text + "\n").encode("utf-8")
+    return text.encode("utf-8")
 
 
 # --------------------------------------------------------------------------- decoding

@@ -20,12 +20,13 @@ Codecs provided:
   differences from JSON handled (floats such as ``1.0e+16`` and ``.nan``, the line-break and
   non-printable characters YAML reads differently escaped, non-string keys, tags for tuples,
   bytes, sets, dates and complex numbers; see ``kiwi_anyio._fastyaml``). Anything else (a
-  container referenced twice or a cycle, a tuple as a key, a key over YAML's 1024-character
-  limit, nesting over 100 deep) is written by PyYAML exactly as ``yaml.dump(obj,
-  encoding='utf-8')`` writes it. A body that is a JSON document YAML reads the same way (what
-  this codec writes for plain data) is decoded with the C ``json`` decoder; any other body,
-  such as kiwiPy's block-style YAML, with the YAML loader below, with the same result as
-  before the fast path.
+  cycle or another container of containers referenced twice, a tuple as a key, a key over
+  YAML's 1024-character limit, nesting over 100 deep) is written by PyYAML exactly as
+  ``yaml.dump(obj, encoding='utf-8')`` writes it. (A list or dict of plain values referenced
+  twice is written twice, so the receiver gets two equal objects, not one shared.) A body
+  that is a JSON document YAML reads the same way (what this codec writes for plain data) is
+  decoded with the C ``json`` decoder; any other body, such as kiwiPy's block-style YAML,
+  with the YAML loader below, with the same result as before the fast path.
   Decoding is **safe**: PyYAML's safe loader plus the plain-data ``!!python/…`` tags that
   kiwiPy's ``FullLoader`` accepts (``tuple``, ``complex``, ``bytes``, ``str``, ``int``, …).
   Tags that name Python objects (``!!python/name:``, ``!!python/module:``, ``!!python/object:``,
