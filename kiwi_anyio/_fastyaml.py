@@ -32,8 +32,9 @@ The YAML 1.1 hazards of JSON text, and how they are handled:
 
 :func:`decode` reads a body with ``json`` only when the body is in a form for which JSON and
 YAML 1.1 give the same value, and returns :data:`MISS` otherwise (the caller then uses the YAML
-loader). JSON and YAML 1.1 agree on a JSON document when: it starts with ``{``, ``[`` or ``"``
-(or is ``!!python/tuple`` followed by a JSON array, as :func:`encode` writes tuples); it is one
+loader). JSON and YAML 1.1 agree on a JSON document when: it is an object, an array, a string,
+a number, ``true``, ``false`` or ``null`` (or ``!!python/tuple`` followed by a JSON array, as
+:func:`encode` writes tuples), with nothing before it (not even a space); it is one
 line (an optional final newline) without tabs or carriage returns; no float has an exponent
 without a dot and a sign, and there is no ``NaN``/``Infinity``; no string has a raw character
 of the hazard list above or a ``\\uD800``-``\\uDFFF`` escape; and no mapping key could be over
@@ -357,7 +358,8 @@ _RAW_HAZARDS: Final = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 _TUPLE_PREFIX: Final = b"!!python/tuple ["
 _TUPLE_START: Final = len(_TUPLE_PREFIX) - 1
-_STARTS: Final = frozenset(b'{["')
+#: First bytes of the JSON documents considered: containers, strings, numbers, true/false/null.
+_STARTS: Final = frozenset(b'{["-0123456789tfn')
 
 
 def _parse_float(text: str) -> float:
