@@ -39,9 +39,10 @@ line (an optional final newline) without tabs or carriage returns; no float has 
 without a dot and a sign, and there is no ``NaN``/``Infinity``; no string has a raw character
 of the hazard list above or a ``\\uD800``-``\\uDFFF`` escape; and no mapping key could be over
 YAML's 1024-character limit (keys of at most 160 characters, no run of 64 spaces, checked only
-on bodies over 1,000 characters). JSON's escapes (``\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX``)
-mean the same in YAML's double-quoted scalars, JSON's numbers, ``true``, ``false`` and ``null``
-resolve to the same values, and a quoted key is always a string (never a ``<<`` merge).
+on bodies over 1,000 characters with a ``{`` in them). JSON's escapes
+(``\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX``) mean the same in YAML's double-quoted
+scalars, JSON's numbers, ``true``, ``false`` and ``null`` resolve to the same values, and a
+quoted key is always a string (never a ``<<`` merge).
 Anything else, kiwiPy's block-style YAML included, is left to the YAML loader.
 """
 
@@ -419,7 +420,7 @@ def decode(data: bytes) -> Any:
     if "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None:
         return MISS
     decoder = _DECODER
-    if len(text) > _MAX_KEY_TEXT:
+    if len(text) > _MAX_KEY_TEXT and "{" in text:  # a key could be long: check them all
         if " " * 64 in text:
             return MISS
         decoder = _KEY_CHECKING_DECODER
