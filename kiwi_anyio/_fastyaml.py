@@ -34,7 +34,8 @@ The YAML 1.1 hazards of JSON text, and how they are handled:
 YAML 1.1 give the same value, and returns :data:`MISS` otherwise (the caller then uses the YAML
 loader). JSON and YAML 1.1 agree on a JSON document when: it is an object, an array, a string,
 a number, ``true``, ``false`` or ``null`` (or ``!!python/tuple`` followed by a JSON array, as
-:func:`encode` writes tuples), with nothing before it (not even a space); it is one
+:func:`encode` writes tuples; ``bytes`` alone, ``!!binary "base64"``, are decoded with
+:mod:`base64` as YAML's constructor does), with nothing before it (not even a space); it is one
 line (an optional final newline) without tabs or carriage returns; no float has an exponent
 without a dot and a sign, and there is no ``NaN``/``Infinity``; no string has a raw character
 of the hazard list above or a ``\\uD800``-``\\uDFFF`` escape; and no mapping key could be over
@@ -389,6 +390,23 @@ _KEY_CHECKING_DECODER: Final = json.JSONDecoder(
 )
 
 
+_BINARY_PREFIX: Final = b'!!binary "'
+#: ``bytes`` as :func:`encode` writes them at the top of a body: a double-quoted scalar of
+#: base64 characters only (no escapes, so the scalar's value is the text between the quotes).
+_BINARY: Final = re.compile(rb'!!binary "([A-Za-z0-9+/=]*)"\n?')
+
+
+def _decode_binary(data: bytes) -> Any:
+    """``!!binary "..."``: what YAML's ``construct_yaml_binary`` gives, errors to the loader."""
+    match = _BINARY.fullmatch(data)
+    if match is None:
+        return MISS
+    try:
+        return base64.decodebytes(match.group(1))  # what PyYAML's constructor calls
+    except ValueError:  # binascii.Error: the loader raises it as a ConstructorError
+        return MISS
+
+
 def decode(data: bytes) -> Any:
     """The value of a body that is a JSON document YAML reads the same way, else :data:`MISS`.
 
@@ -401,6 +419,8 @@ def decode(data: bytes) -> Any:
         start = 0
     elif data.startswith(_TUPLE_PREFIX):
         start = _TUPLE_START
+    elif data.startswith(_BINARY_PREFIX):
+        return _decode_binary(data)
     else:
         return MISS
     newline = data.find(b"\n")

@@ -15,6 +15,7 @@ Both directions, against PyYAML's own loaders:
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import math
@@ -353,6 +354,18 @@ def test_json_like_documents_decode_exactly_as_the_yaml_loader_decodes_them(
     st.binary(max_size=40).map(lambda b: b"[" + b) | st.binary(max_size=40).map(lambda b: b'{"' + b)
 )
 def test_random_bytes_after_a_json_start_decode_as_before(data: bytes) -> None:
+    assert_same_outcome(outcome(YAML.decode, data), outcome(_yaml_decode_with_loader, data))
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    st.binary(max_size=30).map(lambda b: base64.b64encode(b))
+    | st.text(alphabet='AYWQ+/=a b\\"\n', max_size=12).map(str.encode),
+    st.sampled_from([b"", b"\n", b" ", b"\n...\n"]),
+)
+@example(b"YQ", b"")  # bad padding: an error both ways
+def test_binary_bodies_decode_as_before(text: bytes, tail: bytes) -> None:
+    data = b'!!binary "' + text + b'"' + tail
     assert_same_outcome(outcome(YAML.decode, data), outcome(_yaml_decode_with_loader, data))
 
 
