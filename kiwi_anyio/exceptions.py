@@ -20,6 +20,7 @@ The tree::
     ├── the kiwiPy names: CommunicatorClosed, RemoteException, DeliveryFailed,
     │   UnroutableError (also MessageReturned), TaskRejected,
     │   DuplicateSubscriberIdentifier, QueueEmpty, UndecodableMessage
+    │   └── InvalidMessage (a RemoteException)  a body failed a typed subscriber's validation
     ├── RequestLost (also DeliveryFailed)  a request's reply can no longer arrive
     └── RequestTimeout (also TimeoutError) no reply within the request's timeout
 
@@ -40,6 +41,7 @@ __all__ = [
     "DeliveryFailed",
     "DuplicateSubscriberIdentifier",
     "HeartbeatTimeout",
+    "InvalidMessage",
     "InvalidURL",
     "KiwiError",
     "MessageReturned",
@@ -223,3 +225,30 @@ class RequestLost(DeliveryFailed):
 class RequestTimeout(KiwiError, TimeoutError):
     """No reply came within the request's ``timeout`` (or the communicator's
     ``request_timeout``). The request may still be handled later; its reply is dropped."""
+
+
+class InvalidMessage(RemoteException):
+    """A message body did not validate against its typed subscriber's annotation.
+
+    The subscriber never runs: the sender's future raises this (a :class:`RemoteException`),
+    and a task is acknowledged, not redelivered. The message names every failing field and
+    its problem, e.g. ``invalid Order: quantity: Input should be a valid integer``. See
+    ``docs/typed.md``.
+
+    Attributes:
+        errors: ``(location, problem)`` pairs, the location a dotted field path (``""`` for the
+            body itself); empty on the sender's side, where only the message arrives.
+    """
+
+    errors: tuple[tuple[str, str], ...] = ()
+
+    def __init__(
+        self,
+        message: object = "",
+        remote_type: str | None = None,
+        remote_traceback: str | None = None,
+        *,
+        errors: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(message, remote_type, remote_traceback)
+        self.errors = tuple(errors)
