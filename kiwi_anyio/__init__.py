@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 
-__version__ = "0.1.0"
-
 from . import codecs as codecs
+from ._version import __version__ as __version__
 from .communicator import Communicator as Communicator
 from .communicator import IncomingTask as IncomingTask
 from .communicator import TaskQueue as TaskQueue

@@ -100,7 +100,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pamqp import commands
 
-from . import __version__
+from ._version import __version__
 from .exceptions import ChannelClosed, ConnectionClosed, ConsumerCancelled, MessageReturned
 from .protocol import _methods as methods
 

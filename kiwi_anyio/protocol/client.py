@@ -35,8 +35,8 @@ from anyio.streams.tls import TLSStream
 from pamqp import commands
 from pamqp.base import Frame
 
-from .. import __version__
 from .._signal import Signal, new_signal
+from .._version import __version__
 from ..exceptions import (
     AMQPError,
     AuthenticationError,
