@@ -22,16 +22,16 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import kiwi_anyio.testing.rabbitmq as rabbitmq_module
+import kiwi_anyio.testing.rabbitmq.tree as rabbitmq_tree
 from kiwi_anyio.testing.rabbitmq import (
     RABBITMQ_4_3_DEFAULTS,
     BrokerError,
     BrokerInfo,
     RabbitMQBroker,
-    _marked_pids,
     amqp_probe,
     ensure_rabbitmq4_root,
 )
+from kiwi_anyio.testing.rabbitmq._processes import _marked_pids
 
 pytestmark = pytest.mark.broker
 
@@ -260,9 +260,9 @@ def test_rabbitmq4_root_builder_rebuilds_what_is_not_complete(
         (dest / "usr/lib/rabbitmq/bin").mkdir(parents=True)
         (dest / "usr/lib/rabbitmq/bin/rabbitmq-server").write_text("")
         (dest / "usr/lib/rabbitmq/lib/rabbitmq_server-4.0.5").mkdir(parents=True)
-        return {"recipe": rabbitmq_module._ROOT_RECIPE, "rabbitmq": "4.0.5"}
+        return {"recipe": rabbitmq_tree._ROOT_RECIPE, "rabbitmq": "4.0.5"}
 
-    monkeypatch.setattr(rabbitmq_module, "_build_root", fake_build)
+    monkeypatch.setattr(rabbitmq_tree, "_build_root", fake_build)
     tree = tmp_path / "tree"
     lines: list[str] = []
     assert ensure_rabbitmq4_root(tree, mirror="", log=lines.append) == tree
@@ -287,7 +287,7 @@ def test_rabbitmq4_root_builder_rebuilds_what_is_not_complete(
         (dest / "etc").mkdir()
         raise BrokerError("debootstrap failed")
 
-    monkeypatch.setattr(rabbitmq_module, "_build_root", failing_build)
+    monkeypatch.setattr(rabbitmq_tree, "_build_root", failing_build)
     with pytest.raises(BrokerError, match="debootstrap failed"):
         ensure_rabbitmq4_root(tree, mirror="", log=lines.append)
     assert not tree.exists() and not (tmp_path / ".tree.building").exists()
