@@ -25,6 +25,7 @@ from .filters import BroadcastFilter as BroadcastFilter
 from .futures import CancelledError as CancelledError
 from .futures import Future as Future
 from .futures import InvalidStateError as InvalidStateError
+from .typed import register_remote_error as register_remote_error
 
 TimeoutError = TimeoutError  # kiwiPy exports the builtin under this name
 
@@ -41,5 +42,6 @@ __all__ = [
     "TimeoutError",
     "codecs",
     "connect",
+    "register_remote_error",
     *_exceptions_all,
 ]
