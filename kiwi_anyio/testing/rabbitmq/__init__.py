@@ -45,6 +45,7 @@ The package is split by what it starts:
 - :mod:`.broker`: :class:`RabbitMQBroker`, one node (life cycle, ``rabbitmqctl``, attach);
 - :mod:`.cluster`: :class:`RabbitMQCluster`, several nodes joined into one cluster;
 - :mod:`.certificates`: the TLS certificates (``trustme``) and the users and virtual hosts;
+- :mod:`.config`: a node's ``rabbitmq.conf`` and the environment of its processes;
 - :mod:`.tree`: the Debian tree holding RabbitMQ 4 (:func:`ensure_rabbitmq4_root`) and
   running commands chrooted in it;
 - :mod:`.info`: :class:`BrokerInfo` and the ``KIWI_ANYIO_TEST_*`` variables;

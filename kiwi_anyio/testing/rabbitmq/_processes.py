@@ -43,6 +43,14 @@ _MARK_VAR = "KIWI_ANYIO_BROKER_MARK"
 _LIVE_CHILDREN: list[subprocess.Popen[bytes]] = []
 
 
+def _forget_reaped() -> None:
+    """Drop the children that have ended from ``_LIVE_CHILDREN``."""
+    for proc in list(_LIVE_CHILDREN):
+        if proc.poll() is not None:
+            with contextlib.suppress(ValueError):  # cluster nodes start in threads
+                _LIVE_CHILDREN.remove(proc)
+
+
 def _epmd_path() -> str:
     found = shutil.which("epmd") or shutil.which("epmd", path="/usr/lib/erlang/bin")
     if found is None:

@@ -5,7 +5,8 @@ A broker has its own temporary directory (data, logs, configuration, ``broker.js
 ``epmd``; it runs the system's ``rabbitmq-server`` or, with ``root=``, the one of a Debian tree
 (:mod:`kiwi_anyio.testing.rabbitmq.tree`). This module owns its life cycle (start, stop,
 restart, kill, attach from another process), ``rabbitmqctl`` and the stop at interpreter
-exit of a broker left running.
+exit of a broker left running; what goes into its files comes from ``config`` and
+``certificates``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from ._processes import (
     _BASE_PORT_MAX,
     _BASE_PORT_MIN,
     _LIVE_CHILDREN,
-    _MARK_VAR,
     _OFFSET_AMQP,
     _OFFSET_CTL_MAX,
     _OFFSET_CTL_MIN,
@@ -41,6 +41,7 @@ from ._processes import (
     _cmdline,
     _epmd_answers,
     _epmd_path,
+    _forget_reaped,
     _marked_pids,
     _pid_alive,
     _port_free,
@@ -54,12 +55,12 @@ from .certificates import (
     _make_certificates,
     _trustme_available,
 )
+from .config import _node_env, _rabbitmq_conf
 from .errors import BrokerCtlError, BrokerError, BrokerStartError
 from .info import BrokerInfo
 from .tree import (
     _ROOT_BIN_DIR,
     _ROOT_EPMD,
-    _ROOT_PATH,
     DEFAULT_RABBITMQ4_ROOT,
     RABBITMQ_4_3_DEFAULTS,
     _check_root,
@@ -68,9 +69,6 @@ from .tree import (
 )
 
 _STATE_FILE = "broker.json"
-# Distribution on loopback only; never run "epmd -daemon" (the broker has its own epmd).
-_SERVER_ERL_ARGS = "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
-_CTL_ERL_ARGS = "-start_epmd false"
 _LOG_TAIL_LINES = 60
 
 
@@ -338,7 +336,7 @@ class RabbitMQBroker:
         for pid in others:
             _signal_pid(pid, signal.SIGKILL)
         _wait_gone(others, 10.0, reap)
-        self._forget_reaped()
+        _forget_reaped()
         self._running = False
 
     def __enter__(self) -> RabbitMQBroker:
@@ -462,45 +460,14 @@ class RabbitMQBroker:
 
     def _env(self) -> dict[str, str]:
         """The environment for epmd, rabbitmq-server and rabbitmqctl (paths as they see them)."""
-        home = self.home
-        inner = self._inner
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("RABBITMQ_", "ERL_", "KIWI_ANYIO_"))
-            and key not in ("NOTIFY_SOCKET", "CONF_ENV_FILE")
-        }
-        base = self._base_port
-        if self._root is not None:
-            env["PATH"] = _ROOT_PATH
-        env.update(
-            {
-                "HOME": inner(home),
-                _MARK_VAR: str(home),
-                "LANG": "C.UTF-8",
-                "LC_ALL": "C.UTF-8",
-                "RABBITMQ_NODENAME": self._node,
-                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-                "RABBITMQ_NODE_PORT": str(base + _OFFSET_AMQP),
-                "RABBITMQ_DIST_PORT": str(base + _OFFSET_DIST),
-                "RABBITMQ_CTL_DIST_PORT_MIN": str(base + _OFFSET_CTL_MIN),
-                "RABBITMQ_CTL_DIST_PORT_MAX": str(base + _OFFSET_CTL_MAX),
-                "ERL_EPMD_PORT": str(self.epmd_port),
-                "ERL_EPMD_ADDRESS": "127.0.0.1",
-                "ERL_CRASH_DUMP": inner(home / "erl_crash.dump"),
-                "RABBITMQ_CONF_ENV_FILE": inner(home / "rabbitmq-env.conf"),
-                "RABBITMQ_CONFIG_FILE": inner(home / "rabbitmq.conf"),
-                "RABBITMQ_ADVANCED_CONFIG_FILE": inner(home / "advanced.config"),
-                "RABBITMQ_ENABLED_PLUGINS_FILE": inner(home / "enabled_plugins"),
-                "RABBITMQ_PLUGINS_EXPAND_DIR": inner(home / "plugins-expand"),
-                "RABBITMQ_MNESIA_BASE": inner(home / "mnesia"),
-                "RABBITMQ_LOG_BASE": inner(home / "log"),
-                "RABBITMQ_PID_FILE": inner(home / "beam.pid"),
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": _SERVER_ERL_ARGS,
-                "RABBITMQ_CTL_ERL_ARGS": _CTL_ERL_ARGS,
-            }
+        return _node_env(
+            self.home,
+            self._inner,
+            node=self._node,
+            base_port=self._base_port,
+            epmd_port=self.epmd_port,
+            root=self._root,
         )
-        return env
 
     def _prepare_home(self) -> None:
         home = Path(tempfile.mkdtemp(prefix="kiwi-rabbitmq-", dir=self._home_parent))
@@ -526,28 +493,12 @@ class RabbitMQBroker:
 
     def _write_config(self) -> None:
         home = self.home
-        lines = [
-            f"listeners.tcp.default = 127.0.0.1:{self.port}",
-            "log.console = false",
-            "log.file.level = info",
-            f"load_definitions = {self._inner(home / 'definitions.json')}",
-        ]
-        if self._tls:
-            tls = home / "tls"
-            lines += [
-                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
-                f"ssl_options.cacertfile = {self._inner(tls / 'ca.pem')}",
-                f"ssl_options.certfile = {self._inner(tls / 'server_cert.pem')}",
-                f"ssl_options.keyfile = {self._inner(tls / 'server_key.pem')}",
-                "ssl_options.verify = verify_peer",
-                "ssl_options.fail_if_no_peer_cert = false",
-                "auth_mechanisms.1 = PLAIN",
-                "auth_mechanisms.2 = AMQPLAIN",
-                "auth_mechanisms.3 = EXTERNAL",
-                "ssl_cert_login_from = common_name",
-            ]
-        lines += self.extra_config
-        (home / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
+        port = self.port
+        tls_port = self.tls_port if self._tls else None
+        text = _rabbitmq_conf(
+            home, self._inner, port=port, tls_port=tls_port, extra_config=self.extra_config
+        )
+        (home / "rabbitmq.conf").write_text(text)
 
     def _ports_free(self, base: int) -> bool:
         offsets = [_OFFSET_AMQP, _OFFSET_DIST, _OFFSET_EPMD]
@@ -605,7 +556,7 @@ class RabbitMQBroker:
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                self._forget_reaped()
+                _forget_reaped()
                 self._epmd = None
                 self._epmd_pid = None
                 return False
@@ -744,7 +695,7 @@ class RabbitMQBroker:
         for proc in reap:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1.0)
-        self._forget_reaped()
+        _forget_reaped()
         self._server = None
         self._running = False
 
@@ -760,14 +711,7 @@ class RabbitMQBroker:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1.0)
         self._epmd = None
-        self._forget_reaped()
-
-    @staticmethod
-    def _forget_reaped() -> None:
-        for proc in list(_LIVE_CHILDREN):
-            if proc.poll() is not None:
-                with contextlib.suppress(ValueError):  # cluster nodes start in threads
-                    _LIVE_CHILDREN.remove(proc)
+        _forget_reaped()
 
 
 def _stop_at_exit(ref: weakref.ReferenceType[RabbitMQBroker]) -> None:

@@ -4,9 +4,9 @@
 ROOT] -- CMD ARGS...`` starts a broker (or two), runs ``CMD`` with the ``KIWI_ANYIO_TEST_*``
 (and ``KIWI_ANYIO_TEST4_*``) variables set, stops the brokers whatever happens and exits with
 ``CMD``'s exit code. This module owns the options, the signal handling that passes signals on
-to the command and insists when it does not end, and the reaping of orphans adopted as a
-subreaper meanwhile. ``__main__`` only calls :func:`main`, so that the package can export it
-without importing ``__main__``.
+to the command and insists when it does not end, and when to reap the orphans it adopts as a
+subreaper meanwhile (with the helpers of ``_processes``). ``__main__`` only calls
+:func:`main`, so that the package can export it without importing ``__main__``.
 """
 
 from __future__ import annotations

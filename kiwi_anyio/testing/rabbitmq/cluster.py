@@ -38,6 +38,7 @@ from ._processes import (
     _PORT_SPAN,
     _epmd_answers,
     _epmd_path,
+    _forget_reaped,
     _marked_pids,
     _port_free,
     _signal_pid,
@@ -329,7 +330,7 @@ class RabbitMQCluster:
                 proc.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5.0)
-        RabbitMQBroker._forget_reaped()
+        _forget_reaped()
 
     @staticmethod
     def _in_parallel(calls: Sequence[Any], errors: list[BaseException]) -> None:
