@@ -17,7 +17,9 @@ Typed remote errors:
     * :func:`register_remote_error` (also a decorator) registers an exception class under its
       qualified name ``module.QualName``.
     * :func:`remote_error_headers` gives the headers of an exception reply: the qualified
-      names of the exception's type and of its bases.
+      names of the exception's type and of its bases. :func:`attach_error_headers` keeps them
+      in the reply dict, :func:`split_reply_headers` takes them out when it is encoded, so
+      they follow the reply through every path that sends (or resends) it.
     * :func:`rebuild_remote_error` turns the caller's :class:`~kiwi_anyio.RemoteException`
       into the registered type, or leaves it unchanged. A name is only ever looked up in the
       registry: nothing is imported or constructed for a name nobody registered.
@@ -50,12 +52,15 @@ from .filters import BroadcastFilter
 __all__ = [
     "ERROR_BASES_HEADER",
     "ERROR_TYPE_HEADER",
+    "REPLY_HEADERS_KEY",
     "SubscriberKind",
     "adapt_subscriber",
+    "attach_error_headers",
     "qualified_name",
     "rebuild_remote_error",
     "register_remote_error",
     "remote_error_headers",
+    "split_reply_headers",
     "to_plain",
     "unregister_remote_error",
 ]
@@ -732,17 +737,32 @@ def _adapt_filter(fn: BroadcastFilter[Any]) -> Callable[..., Any]:
     inner = adapt_subscriber(fn.subscriber, "broadcast")
     if inner is fn.subscriber:
         return fn
+    return _TypedFilter(fn, inner)
 
-    def filtered(
-        comm: Any, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
-    ) -> Any:
-        if fn.is_filtered(sender, subject):  # the filter's live state, before validation
-            return None
-        return inner(comm, body, sender, subject, correlation_id)
 
-    functools.update_wrapper(filtered, fn, assigned=("__doc__",), updated=())
-    filtered.__qualname__ = filtered.__name__ = "BroadcastFilter"
-    return filtered
+class _TypedFilter(BroadcastFilter[Any]):
+    """A :class:`BroadcastFilter` whose subscriber is the typed one, with the filters (live)
+    of the user's filter: the communicator tests the filter, then calls the subscriber (in
+    the event loop if it is ``async``), and a filtered-out message is never validated."""
+
+    def __init__(self, original: BroadcastFilter[Any], subscriber: Callable[..., Any]) -> None:
+        super().__init__(subscriber)
+        self._original = original
+
+    def is_filtered(self, sender: Any, subject: Any) -> bool:
+        """The user's filter decides."""
+        return self._original.is_filtered(sender, subject)
+
+    def add_subject_filter(self, subject_filter: Any) -> None:
+        """Added to the user's filter."""
+        self._original.add_subject_filter(subject_filter)
+
+    def add_sender_filter(self, sender_filter: Any) -> None:
+        """Added to the user's filter."""
+        self._original.add_sender_filter(sender_filter)
+
+    def __repr__(self) -> str:
+        return repr(self._original)
 
 
 # =========================================================================== remote errors
@@ -813,6 +833,33 @@ def remote_error_headers(exc: BaseException) -> dict[str, str]:
     if len(names) > 1:
         headers[ERROR_BASES_HEADER] = ",".join(names[1:])
     return headers
+
+
+#: where :func:`attach_error_headers` keeps an exception reply's headers until it is encoded
+REPLY_HEADERS_KEY: Final = "\x00kiwi_anyio.headers"
+
+
+def attach_error_headers(reply: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """Keep :func:`remote_error_headers` of ``exc`` in the exception reply ``reply`` (and
+    return it), for :func:`split_reply_headers` to take out when the reply is encoded: the
+    headers travel with the reply through every path that sends (or resends) it."""
+    headers = remote_error_headers(exc)
+    if headers:
+        reply[REPLY_HEADERS_KEY] = headers
+    return reply
+
+
+def split_reply_headers(
+    reply: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(body, headers)`` of a reply about to be encoded: the body without what
+    :func:`attach_error_headers` kept in it (``reply`` itself is not changed, so it can be
+    sent again), and those headers, or ``None``. One dict lookup for any other reply."""
+    if REPLY_HEADERS_KEY not in reply:
+        return reply, None
+    body = dict(reply)
+    headers = body.pop(REPLY_HEADERS_KEY)
+    return body, headers if isinstance(headers, dict) else None
 
 
 def _header_text(value: Any) -> str:

@@ -282,15 +282,33 @@ def test_a_broadcast_filter_around_a_typed_subscriber() -> None:
     subscriber = BroadcastFilter(handle, subject="orders.*")
     adapted = adapt_subscriber(subscriber, "broadcast")
     assert adapted is not subscriber
+    # still a filter (the communicator tests it, then calls its subscriber)
+    assert isinstance(adapted, BroadcastFilter)
     assert adapted.__name__ == "BroadcastFilter"
-    assert not inspect.iscoroutinefunction(adapted)
+    assert repr(adapted) == repr(subscriber)
+    assert adapted.subscriber is not handle
+    assert adapted.is_filtered("bob", "weather.today")
     # filtered out: not even validated
     assert adapted(None, "not an order", "bob", "weather.today", None) is None
     adapted(None, GOOD, "bob", "orders.new", None)
     assert got == [MsgspecOrder("apples", 3)]
     subscriber.add_subject_filter("weather.*")  # the filter's later changes apply
+    assert not adapted.is_filtered("bob", "weather.today")
     with pytest.raises(InvalidMessage):
         adapted(None, "not an order", "bob", "weather.today", None)
+    adapted.add_sender_filter("alice")  # and changes through the adapted one reach it
+    assert subscriber.is_filtered("bob", "orders.new")
+
+
+@pytest.mark.anyio
+async def test_a_broadcast_filter_around_an_async_typed_subscriber() -> None:
+    async def handle(comm: Any, body: PydanticOrder, sender: Any, subject: Any, cid: Any) -> Any:
+        return body
+
+    adapted = adapt_subscriber(BroadcastFilter(handle), "broadcast")
+    assert isinstance(adapted, BroadcastFilter)
+    assert inspect.iscoroutinefunction(adapted.subscriber)
+    assert await adapted.subscriber(None, GOOD, None, None, None) == GOOD
 
 
 def test_a_callable_object_and_a_bound_method() -> None:
@@ -842,3 +860,17 @@ def test_an_already_rebuilt_error_is_left_alone() -> None:
     assert rebuild_remote_error(exc, headers) is exc
     # raised on again by a subscriber, it is named as its registered type
     assert remote_error_headers(exc)[ERROR_TYPE_HEADER] == "tests.test_typed.OutOfStock"
+
+
+def test_error_headers_travel_in_the_reply_until_it_is_encoded() -> None:
+    reply = {"exception": "only a few", "exception_type": "OutOfStock"}
+    assert typed.attach_error_headers(reply, OutOfStock("a", 1)) is reply
+    body, headers = typed.split_reply_headers(reply)
+    assert body == {"exception": "only a few", "exception_type": "OutOfStock"}  # the wire's
+    assert headers == remote_error_headers(OutOfStock("a", 1))
+    assert typed.REPLY_HEADERS_KEY in reply  # unchanged: a resend still has them
+    plain = {"result": 1}
+    assert typed.split_reply_headers(plain) == (plain, None)
+    assert typed.split_reply_headers(plain)[0] is plain
+    # an exception with no name to send (Exception itself) adds nothing
+    assert typed.REPLY_HEADERS_KEY not in typed.attach_error_headers({}, Exception("x"))
