@@ -19,7 +19,8 @@ import pytest
 import kiwi_anyio
 from kiwi_anyio import RequestLost, RequestTimeout, UnroutableError
 from kiwi_anyio._pending import PendingReplies
-from kiwi_anyio.communicator import _RequestIds, _transient_queues_permitted
+from kiwi_anyio.patterns.requests import RequestIds as _RequestIds
+from kiwi_anyio.patterns.tasks import transient_queues_permitted as _transient_queues_permitted
 from kiwi_anyio.testing.pytest_plugin import private_names
 from kiwi_anyio.testing.rabbitmq import RabbitMQBroker
 

@@ -1,0 +1,321 @@
+"""The responder's side of tasks and RPC: calling a subscriber, replying, then acknowledging.
+
+:class:`Serving` is what the task and RPC patterns share once a request was delivered:
+decode it, call the subscriber (``async def`` in the loop, plain functions in a worker
+thread), follow the "pending" futures a subscriber may return, and settle: send the final
+reply, then ack. The common case queues the reply and acks from the publish's confirm
+callback (:meth:`Serving.settle_nowait`: no task switch, no cancel scope); otherwise the
+settle is shielded, so a request whose handling finished is answered and acked even while
+its consumer stops or the communicator closes, within the bounds of
+:mod:`kiwi_anyio.robust.settling`. A request that cannot be decoded is rejected and its
+sender told.
+
+Replies go through the default exchange, straight to the requester's queue by its name: a
+reply needs no binding, so one sent while the requester is still re-binding its reply queue
+after a broker restart (the task and message exchanges are transient) is not dropped. Where
+the user may not publish to the default exchange, replies go through the request's exchange,
+as kiwiPy's do.
+
+It must not know a pattern's routing or subscriber lists.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+import anyio.to_thread
+
+from .. import _wire as wire
+from ..codecs import Codec, decoder_for
+from ..exceptions import (
+    AMQPError,
+    ChannelClosed,
+    DeliveryFailed,
+    KiwiError,
+    ProtocolError,
+    UndecodableMessage,
+)
+from ..futures import Future
+from ..protocol import Message, Properties
+from ..robust.link import Link, LinkState
+from ..robust.publisher import Publisher
+from ..robust.settling import SettleBounds
+
+__all__ = ["REPLY_EXCHANGE", "Serving", "Subscriber", "is_future_like", "resolve"]
+
+logger = logging.getLogger("kiwi_anyio.communicator")
+
+REPLY_EXCHANGE: Final = ""
+
+Subscriber = Callable[..., Any]
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+async def resolve(value: Any) -> Any:
+    """Await one level of a future-like value (ours, concurrent.futures, or an awaitable)."""
+    if isinstance(value, Future):
+        return await value
+    if isinstance(value, concurrent.futures.Future):
+        return await anyio.to_thread.run_sync(value.result, abandon_on_cancel=True)
+    return await value
+
+
+def is_future_like(value: Any) -> bool:
+    return isinstance(value, Future | concurrent.futures.Future) or inspect.isawaitable(value)
+
+
+class Serving:
+    """Serving delivered requests; see the module docstring.
+
+    Attributes:
+        callback_comm: what subscribers get as their first argument (the communicator, or
+            its blocking facade in blocking mode).
+    """
+
+    def __init__(
+        self, link: Link, publisher: Publisher, bounds: SettleBounds, codec: Codec
+    ) -> None:
+        self._link = link
+        self._publisher = publisher
+        self._bounds = bounds
+        self._codec = codec
+        self.callback_comm: Any = None
+        self._default_exchange_refused = False  # see reply_exchange
+
+    # ------------------------------------------------------------ decoding and calling
+
+    def decode(self, message: Message) -> Any:
+        """The body, decoded with the codec its content type names (see ``decoder_for``)."""
+        codec = decoder_for(message.properties.content_type, self._codec)
+        return codec.decode(message.body)
+
+    async def call(self, subscriber: Subscriber, *args: Any) -> Any:
+        """Call a subscriber: ``async def`` in the loop, plain functions in a worker thread.
+
+        Cancellation: an ``async def`` subscriber is cancelled; a plain function goes on in
+        its thread (threads cannot be cancelled) and its result is dropped.
+        """
+        if _is_async(subscriber):
+            return await subscriber(*args)
+        result = await anyio.to_thread.run_sync(subscriber, *args, abandon_on_cancel=True)
+        if inspect.iscoroutine(result):  # e.g. a plain wrapper around an async function
+            result = await result
+        return result
+
+    async def call_and_follow(
+        self, subscriber: Subscriber, message: Message, msg: Any, exchange: str, reply: bool
+    ) -> Any:
+        """Call ``subscriber(comm, msg)`` and follow the futures it returns, telling the
+        sender "pending" for each (if a reply is wanted); returns the final result."""
+        result = await self.call(subscriber, self.callback_comm, msg)
+        while is_future_like(result):
+            if reply:
+                await self.send_reply(message, wire.pending_reply(), exchange)
+            result = await resolve(result)
+        return result
+
+    async def reject_undecodable(
+        self, message: Message, exc: UndecodableMessage, exchange: str, *, with_host: bool = False
+    ) -> None:
+        """Reject a message that cannot be decoded (never requeued) and tell its sender."""
+        logger.warning(
+            "rejected undecodable message %s from %r (routing key %r): %s",
+            message.delivery_tag,
+            message.exchange,
+            message.routing_key,
+            exc,
+        )
+        if message.properties.reply_to and message.properties.correlation_id:
+            try:
+                await self.send_reply(
+                    message, wire.exception_reply(exc, with_host=with_host), exchange
+                )
+            except AMQPError as error:
+                logger.warning("could not tell the sender: %s", error)
+        if not message.settled and message.channel.is_open:
+            message.reject(requeue=False)
+
+    # ------------------------------------------------------------ replies
+
+    def reply_exchange(self, exchange: str) -> str:
+        """Where a reply to a request that came through ``exchange`` is published."""
+        return exchange if self._default_exchange_refused else REPLY_EXCHANGE
+
+    def encode_reply(self, request: Message, reply: dict[str, Any]) -> tuple[bytes, Properties]:
+        """The body and properties of a reply (an exception reply if it cannot be encoded)."""
+        try:
+            body = self._codec.encode(reply)
+        except (TypeError, ValueError) as exc:
+            body = self._codec.encode(wire.exception_reply(exc))
+        properties = Properties(
+            content_type=self._codec.content_type,
+            correlation_id=request.properties.correlation_id,
+            # a task's reply is as durable as the task: it waits out a broker restart in the
+            # (durable) reply queue
+            delivery_mode=request.properties.delivery_mode,
+        )
+        return body, properties
+
+    async def send_reply(self, request: Message, reply: dict[str, Any], exchange: str) -> None:
+        """Publish ``reply`` to the request's ``reply_to`` (confirmed).
+
+        Cancellation: the reply may or may not have been sent.
+        """
+        reply_to = request.properties.reply_to
+        if not reply_to:
+            logger.warning("cannot reply to message %s: it has no reply_to", request.delivery_tag)
+            return
+        body, properties = self.encode_reply(request, reply)
+        try:
+            await self._publish_reply(body, properties, reply_to, exchange)
+        except ProtocolError as exc:  # refused before sending (e.g. over max_message_size)
+            body = self._codec.encode(wire.exception_reply(exc))
+            await self._publish_reply(body, properties, reply_to, exchange)
+
+    async def _publish_reply(
+        self, body: bytes, properties: Properties, reply_to: str, exchange: str
+    ) -> None:
+        what = f"reply to {reply_to!r}"
+        try:
+            await self._publisher.publish(
+                body,
+                exchange=self.reply_exchange(exchange),
+                routing_key=reply_to,
+                properties=properties,
+                mandatory=False,
+                what=what,
+                allow_closing=True,
+            )
+        except DeliveryFailed as exc:
+            cause = exc.__cause__
+            if not (
+                self.reply_exchange(exchange) == REPLY_EXCHANGE
+                and isinstance(cause, ChannelClosed)
+                and cause.reply_code == 403
+            ):
+                raise
+            # this user may not publish to the default exchange: reply as kiwiPy does,
+            # through the request's exchange (and its binding of the reply queue)
+            logger.info("%s: replying through the request's exchange: %s", self._link, cause)
+            self._default_exchange_refused = True
+            await self._publisher.publish(
+                body,
+                exchange=exchange,
+                routing_key=reply_to,
+                properties=properties,
+                mandatory=False,
+                what=what,
+                allow_closing=True,
+            )
+
+    # ------------------------------------------------------------ settling
+
+    async def settle(
+        self,
+        message: Message,
+        reply: dict[str, Any] | None,
+        exchange: str,
+        *,
+        nowait: bool = True,
+    ) -> bool:
+        """Send the final reply, then acknowledge.
+
+        Returns True when that was handed off: the reply is queued and a confirm callback
+        acks the request (:meth:`settle_nowait`; the consumer's channel stays open until it
+        has). Else it was done here, shielded, so a request whose handling finished is
+        answered and acked even when the communicator is closing (a request cancelled
+        mid-handling is requeued instead; nothing is done twice).
+
+        Cancellation: shielded (bounded by ``SETTLE_TIMEOUT`` once stopping or closing).
+        """
+        if nowait and self.settle_nowait(message, reply, exchange):
+            return True
+        channel = message.channel
+        # no deadline while the communicator is open (a broker that blocks publishing
+        # delays the reply; giving up would requeue a finished task); closing bounds it
+        with self._bounds.settling(channel, bounded=self._link.state is not LinkState.OPEN):
+            if reply is not None:
+                await self.send_reply(message, reply, exchange)
+            if channel.is_open:
+                message.ack()
+        return False
+
+    def settle_nowait(self, message: Message, reply: dict[str, Any] | None, exchange: str) -> bool:
+        """The common case of :meth:`settle` without a task switch or a cancel scope:
+        queue the reply on the open publisher channel and ack the request from the
+        confirm callback. False: take the slow path (closing, a blocked broker, a reply
+        too large to send, no publisher channel)."""
+        link = self._link
+        channel = message.channel
+        if link.state is not LinkState.OPEN or self._bounds.is_bounded(channel):
+            return False
+        if not channel.is_open:
+            return False
+        if reply is None:
+            message.ack()
+            return True
+        publisher = link.publisher
+        reply_to = message.properties.reply_to
+        if publisher is None or not publisher.is_open or not reply_to:
+            return False
+        body, properties = self.encode_reply(message, reply)
+        bounds = self._bounds
+
+        def confirmed(error: BaseException | None) -> None:
+            forget = True
+            try:
+                if error is not None and channel.is_open and not message.settled:
+                    if link.tg is not None and link.state is LinkState.OPEN:
+                        # the publisher channel failed under it (an exchange deleted, a
+                        # nack): the slow path resends (after a recovery too), then acks
+                        logger.info("sending the reply to %r again: %s", reply_to, error)
+                        link.tg.start_soon(self._settle_again, message, reply, exchange)
+                        forget = False  # still handed off: _settle_again forgets it
+                    else:
+                        message.nack(requeue=True)
+                elif error is None and channel.is_open and not message.settled:
+                    message.ack()
+            finally:
+                if forget:
+                    bounds.handed_back(channel)
+
+        bounds.hand_off(channel)
+        try:
+            self._publisher.publish_nowait(
+                publisher,
+                body,
+                exchange=self.reply_exchange(exchange),
+                routing_key=reply_to,
+                properties=properties,
+                what=f"reply to {reply_to!r}",
+                on_confirm=confirmed,
+            )
+        except (anyio.WouldBlock, AMQPError, ValueError):
+            # blocked, too large, a closed channel: the slow path copes
+            bounds.handed_back(channel)
+            return False
+        except BaseException:
+            bounds.handed_back(channel)
+            raise
+        return True
+
+    async def _settle_again(self, message: Message, reply: dict[str, Any], exchange: str) -> None:
+        """A handed-off reply failed: send it the slow way (then ack), or requeue."""
+        try:
+            await self.settle(message, reply, exchange, nowait=False)
+        except KiwiError as exc:
+            logger.warning("request %s not answered: %s", message.delivery_tag, exc)
+        finally:
+            if not message.settled and message.channel.is_open:
+                message.nack(requeue=True)  # not answered in time: requeued
+            self._bounds.handed_back(message.channel)

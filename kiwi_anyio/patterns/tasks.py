@@ -1,0 +1,557 @@
+"""Task queues: durable queues of persistent tasks, each acknowledged only once handled.
+
+:class:`Tasks` declares task queues (kiwiPy's arguments, so kiwiPy peers share them) and makes
+:class:`TaskQueue` objects; a queue sends tasks (:meth:`TaskQueue.task_send`), serves them to
+its subscribers through a recovering consumer (push), or hands them out one at a time
+(:meth:`TaskQueue.next_task`, ``async for``: pull) as :class:`IncomingTask`.
+
+It uses the link, the consumers, :mod:`.requests` and :mod:`.serving`; it must not import the
+Communicator (it gets what it needs when created).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final, Literal, Self, overload
+
+import anyio
+
+from .. import _wire as wire
+from .._pending import DEFAULT, Timeout
+from ..codecs import Codec
+from ..exceptions import (
+    ChannelClosed,
+    DeliveryFailed,
+    DuplicateSubscriberIdentifier,
+    KiwiError,
+    MessageReturned,
+    QueueEmpty,
+    TaskRejected,
+    UndecodableMessage,
+    UnroutableError,
+)
+from ..futures import Future
+from ..protocol import Channel, Connection, Message
+from ..robust.consumer import ConsumerHandle, Consumers
+from ..robust.link import Link
+from .requests import Requests
+from .serving import Serving, Subscriber
+
+__all__ = ["IncomingTask", "TaskQueue", "Tasks", "transient_queues_permitted"]
+
+logger = logging.getLogger("kiwi_anyio.communicator")
+
+REQUEUE_DELAY: Final = 1.0  # seconds before a task every subscriber rejected is requeued
+NEXT_TASK_POLL: Final = 0.05
+
+
+def transient_queues_permitted(server_properties: dict[str, Any]) -> bool:
+    """Whether a transient queue that is not exclusive may be declared: on RabbitMQ 3.x.
+
+    RabbitMQ 4.3 denies them by default and 4.0-4.2 may be configured to; ``memory://``
+    follows 4.3.
+    """
+    product = server_properties.get("product")
+    version = server_properties.get("version")
+    if isinstance(product, bytes):
+        product = product.decode("utf-8", "replace")
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    if product != "RabbitMQ" or not isinstance(version, str):
+        return False
+    major = version.split(".", 1)[0]
+    return major.isdigit() and int(major) < 4
+
+
+class Tasks:
+    """The task pattern of one communicator: its queues and how they are declared."""
+
+    def __init__(
+        self,
+        link: Link,
+        consumers: Consumers,
+        requests: Requests,
+        serving: Serving,
+        codec: Codec,
+        *,
+        exchange: str,
+        testing_mode: bool,
+        queue_type: str | None,
+        timeout: Callable[[Timeout], float | None],
+    ) -> None:
+        self.link = link
+        self.consumers = consumers
+        self.requests = requests
+        self.serving = serving
+        self.codec = codec
+        self.exchange = exchange
+        self.testing_mode = testing_mode
+        self.queue_type = queue_type
+        self.timeout = timeout
+        self.queues: dict[str, TaskQueue] = {}
+        link.on_new_connection(self._forget)
+        link.on_exchange_forgotten(self._forget_exchange)
+
+    def queue(self, name: str, prefetch_count: int, prefetch_size: int) -> TaskQueue:
+        """The task queue ``name`` (one object per name)."""
+        queue = self.queues.get(name)
+        if queue is None:
+            queue = self.queues[name] = TaskQueue(
+                self,
+                name,
+                exchange=self.exchange,
+                prefetch_count=prefetch_count,
+                prefetch_size=prefetch_size,
+            )
+        return queue
+
+    def _forget(self) -> None:
+        for queue in self.queues.values():
+            queue._declared = False
+            queue._channel = None
+
+    def _forget_exchange(self, exchange: str) -> None:
+        for queue in self.queues.values():
+            if queue.exchange == exchange:
+                queue._declared = False
+
+    async def declare(self, name: str, exchange: str) -> None:
+        """Declare task queue ``name`` and bind it to ``exchange``.
+
+        Durable, except in testing mode on RabbitMQ 3.x: kiwiPy's testing mode declares its
+        task queues transient (``durable=False``, with ``x-expires``), which RabbitMQ 4.3
+        refuses (deprecated feature ``transient_nonexcl_queues``). On RabbitMQ 3.x we
+        declare them exactly as kiwiPy does, so kiwiPy peers in testing mode share them; on
+        4.x (and ``memory://``) durable, with the same ``x-expires``. A transient queue of
+        that name made by a kiwiPy peer on a 4.x broker that permits it is used as it is.
+        """
+        link = self.link
+        await link.ensure_exchange(exchange)
+        arguments: dict[str, Any] = {"x-message-ttl": wire.TASK_MESSAGE_TTL}
+        if self.testing_mode:
+            arguments["x-expires"] = wire.TESTING_TASK_QUEUE_EXPIRES
+        if self.queue_type is not None:
+            arguments["x-queue-type"] = self.queue_type
+        durable = not self.testing_mode or not transient_queues_permitted(
+            (await link.wait_connection()).server_properties
+        )
+        try:
+            await link.declare(
+                lambda ch: ch.queue_declare(name, durable=durable, arguments=arguments),
+                f"task queue {name!r}",
+            )
+        except DeliveryFailed as exc:
+            cause = exc.__cause__
+            if not (
+                self.testing_mode
+                and durable
+                and isinstance(cause, ChannelClosed)
+                and cause.reply_code == 406
+                and "'durable'" in str(cause)
+            ):
+                raise
+            await link.declare(
+                lambda ch: ch.queue_declare(name, passive=True), f"task queue {name!r}"
+            )
+        await link.declare(
+            lambda ch: ch.queue_bind(name, exchange, routing_key=name),
+            f"binding of task queue {name!r}",
+        )
+
+
+class IncomingTask:
+    """A task taken from a queue with :meth:`TaskQueue.next_task` or ``async for``.
+
+    Call :meth:`process` (or use ``async with task.processing() as outcome``) and set the
+    outcome's result; the sender gets it once the ``next_task`` block exits. A task whose
+    outcome is never set is requeued.
+
+    Attributes:
+        body: the task.
+        no_reply: True if the sender does not wait for a result.
+        state: ``pending``, ``processing``, ``finished`` or ``requeued``.
+    """
+
+    def __init__(self, queue: TaskQueue, message: Message, body: Any, no_reply: bool) -> None:
+        self._queue = queue
+        self._message = message
+        self.body = body
+        self.no_reply = no_reply
+        self.state = "pending"
+        self._outcome: Future[Any] | None = None
+
+    def process(self) -> Future[Any]:
+        """Start processing: returns the outcome future to resolve with the result."""
+        if self.state != "pending":
+            raise concurrent.futures.InvalidStateError(f"the task is {self.state}")
+        self.state = "processing"
+        self._outcome = Future()
+        return self._outcome
+
+    @asynccontextmanager
+    async def processing(self) -> AsyncIterator[Future[Any]]:
+        """``async with task.processing() as outcome:``; an exception becomes the outcome."""
+        outcome = self.process()
+        try:
+            yield outcome
+        except Exception as exc:
+            if not outcome.done():
+                outcome.set_exception(exc)
+            raise
+
+    async def requeue(self) -> None:
+        """Give the task back to the queue."""
+        if self.state not in ("pending", "processing"):
+            raise concurrent.futures.InvalidStateError(f"the task is {self.state}")
+        self.state = "requeued"
+        if not self._message.settled and self._message.channel.is_open:
+            self._message.nack(requeue=True)
+
+    async def _finish(self) -> None:
+        """Reply and ack if the outcome is known; requeue if it was never processed."""
+        outcome = self._outcome
+        if self.state != "processing" or outcome is None:
+            if self.state == "pending":
+                await self.requeue()
+            return
+        if not outcome.done():
+            tg = self._queue._tasks.link.tg
+            assert tg is not None
+            tg.start_soon(self._finish_later)
+            return
+        await self._settle(outcome)
+
+    async def _finish_later(self) -> None:
+        outcome = self._outcome
+        assert outcome is not None
+        try:
+            try:
+                await outcome.wait()
+            except Exception:
+                pass
+            await self._settle(outcome)
+        finally:
+            if not self._message.settled and self._message.channel.is_open:
+                self._message.nack(requeue=True)
+
+    async def _settle(self, outcome: Future[Any]) -> None:
+        if outcome.cancelled():
+            await self.requeue()
+            return
+        if not self.no_reply:
+            exc = outcome.exception()
+            reply = (
+                wire.exception_reply(exc, with_host=True)
+                if exc is not None
+                else wire.result_reply(outcome.result(), with_host=True)
+            )
+            await self._queue._tasks.serving.send_reply(self._message, reply, self._queue.exchange)
+        self.state = "finished"
+        if self._message.channel.is_open:
+            self._message.ack()
+
+
+class TaskQueue:
+    """A durable task queue. Get one with :meth:`Communicator.task_queue`.
+
+    Tasks are persistent messages; a subscriber handles up to ``prefetch_count`` of them at
+    once, and each is acknowledged only after its result was sent.
+    """
+
+    def __init__(
+        self,
+        tasks: Tasks,
+        name: str,
+        *,
+        exchange: str,
+        prefetch_count: int,
+        prefetch_size: int = 0,
+    ) -> None:
+        self._tasks = tasks
+        self.name = name
+        self.exchange = exchange
+        self.prefetch_count = prefetch_count
+        self.prefetch_size = prefetch_size
+        self._subscribers: dict[str, Subscriber] = {}
+        self._declared = False
+        self._channel: Channel | None = None
+        self._consumer: ConsumerHandle | None = None
+        self._lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<TaskQueue {self.name!r} on {self.exchange!r}>"
+
+    def _is_declared(self) -> bool:
+        return self._declared
+
+    async def _ensure_declared(self) -> None:
+        if self._declared:
+            return
+        async with self._lock:
+            if self._is_declared():  # a concurrent caller may have declared it meanwhile
+                return
+            await self._tasks.declare(self.name, self.exchange)
+            self._declared = True
+
+    async def _get_channel(self) -> Channel:
+        if self._channel is None or not self._channel.is_open:
+            connection = await self._tasks.link.wait_connection()
+            self._channel = await connection.channel(prefetch_count=self.prefetch_count)
+        return self._channel
+
+    async def _open_consumer_channel(self, connection: Connection) -> Channel:
+        # declared again at every (re)start of the consumer: the queue may have been deleted
+        self._declared = False
+        await self._ensure_declared()
+        return await connection.channel(prefetch_count=self.prefetch_count)
+
+    @overload
+    async def task_send(
+        self, task: Any, no_reply: Literal[False] = False, *, timeout: Timeout = DEFAULT
+    ) -> Future[Any]: ...
+    @overload
+    async def task_send(
+        self, task: Any, no_reply: Literal[True], *, timeout: Timeout = DEFAULT
+    ) -> None: ...
+    @overload
+    async def task_send(
+        self, task: Any, no_reply: bool, *, timeout: Timeout = DEFAULT
+    ) -> Future[Any] | None: ...
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Timeout = DEFAULT
+    ) -> Future[Any] | None:
+        """Send a task; return once the broker confirmed it.
+
+        Args:
+            task: the task (any value the codec can encode).
+            no_reply: send it without a reply (no future).
+            timeout: seconds the future waits for the result before it fails with
+                :class:`~kiwi_anyio.RequestTimeout` (the task is still done, later, if no
+                worker has taken it yet); ``None``: no limit. Default: the communicator's
+                ``request_timeout``.
+
+        Returns:
+            A future of the worker's result (``None`` with ``no_reply``). It fails with
+            :class:`~kiwi_anyio.RequestLost` if its reply can no longer come (the task queue
+            was deleted with the task in it, the reply queue was lost).
+
+        Raises:
+            CommunicatorClosed: the communicator is closed.
+            UnroutableError: the queue is not bound (deleted by someone: the next send
+                declares it again).
+            DeliveryFailed: the broker did not take the message (a nacked one is sent
+                again for ``nack_retry_timeout`` seconds first: a quorum queue nacks while
+                it elects a new leader).
+
+        Cancellation: cancelled before the broker's confirm, the task may or may not have
+        been queued, and no future is returned.
+        """
+        tasks = self._tasks
+        tasks.link.check_open()
+        body = tasks.codec.encode((task, no_reply))
+        try:
+            return await tasks.requests.send(
+                body,
+                exchange=self.exchange,
+                routing_key=self.name,
+                persistent=True,
+                no_reply=no_reply,
+                what=f"task to queue {self.name!r}",
+                timeout=tasks.timeout(timeout),
+                prepare=self._ensure_declared,
+            )
+        except MessageReturned as exc:
+            self._declared = False  # deleted by someone: declared again by the next send
+            raise UnroutableError(
+                f"task queue {self.name!r} is not bound to exchange {self.exchange!r} (was "
+                f"it deleted?): {exc}"
+            ) from None
+
+    async def add_task_subscriber(
+        self, subscriber: Subscriber, identifier: str | None = None
+    ) -> str:
+        """Add ``subscriber(comm, task)``; returns its identifier.
+
+        Subscribers are tried in the order they were added: the first that returns gives the
+        result; one that raises :class:`~kiwi_anyio.TaskRejected` passes the task on; any
+        other exception reaches the sender as :class:`~kiwi_anyio.RemoteException`.
+        Plain functions run in a worker thread; ``async def`` ones in the event loop.
+
+        Raises:
+            DuplicateSubscriberIdentifier: a subscriber of this queue has the identifier.
+            DeliveryFailed: the queue could not be declared.
+
+        Cancellation: the subscriber is not added.
+        """
+        tasks = self._tasks
+        tasks.link.check_open()
+        identifier = identifier or uuid.uuid4().hex
+        if identifier in self._subscribers:
+            raise DuplicateSubscriberIdentifier(f"task subscriber {identifier!r} already exists")
+        self._subscribers[identifier] = subscriber
+        try:
+            await self._ensure_declared()
+            if self._consumer is None:
+                self._consumer = await tasks.consumers.start(
+                    self._open_consumer_channel,
+                    self.name,
+                    self._on_task,
+                    what=f"task queue {self.name!r}",
+                )
+        except BaseException:
+            self._subscribers.pop(identifier, None)
+            raise
+        return identifier
+
+    async def remove_task_subscriber(self, identifier: str) -> None:
+        """Remove a task subscriber; the last one stops the queue's consumer (running
+        handlers finish within ``SETTLE_TIMEOUT``; the rest are requeued).
+
+        Raises:
+            ValueError: no subscriber has this identifier.
+
+        Cancellation: shielded while the consumer stops.
+        """
+        try:
+            del self._subscribers[identifier]
+        except KeyError:
+            raise ValueError(f"unknown task subscriber {identifier!r}") from None
+        if not self._subscribers and self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+    @asynccontextmanager
+    async def task_subscriber(
+        self, subscriber: Subscriber, identifier: str | None = None
+    ) -> AsyncIterator[str]:
+        """``async with queue.task_subscriber(fn) as ident:``; removed when the block exits."""
+        ident = await self.add_task_subscriber(subscriber, identifier)
+        try:
+            yield ident
+        finally:
+            with anyio.CancelScope(shield=True):
+                if ident in self._subscribers:
+                    await self.remove_task_subscriber(ident)
+
+    async def _on_task(self, message: Message) -> None:
+        serving = self._tasks.serving
+        handed_off = False  # to a confirm callback, which acks
+        try:
+            try:
+                task, no_reply = wire.decode_task(serving.decode(message))
+            except UndecodableMessage as exc:
+                await serving.reject_undecodable(message, exc, self.exchange, with_host=True)
+                return
+            for subscriber in list(self._subscribers.values()):
+                try:
+                    result = await serving.call_and_follow(
+                        subscriber, message, task, self.exchange, not no_reply
+                    )
+                except TaskRejected:
+                    continue
+                except concurrent.futures.CancelledError as exc:
+                    reply = wire.cancelled_reply(str(exc) or None)
+                except Exception as exc:
+                    if no_reply:
+                        logger.exception("task subscriber %r raised (no reply wanted)", subscriber)
+                    reply = wire.exception_reply(exc, with_host=True)
+                else:
+                    reply = wire.result_reply(result, with_host=True)
+                handed_off = await serving.settle(
+                    message, None if no_reply else reply, self.exchange
+                )
+                return
+            # nobody took it: give it back, after a pause so it does not spin
+            await anyio.sleep(REQUEUE_DELAY)
+            message.nack(requeue=True)
+        except KiwiError as exc:  # the link dropped, or the communicator closes
+            logger.warning(
+                "task %s on queue %r not settled: %s", message.delivery_tag, self.name, exc
+            )
+        finally:
+            if not handed_off and not message.settled and message.channel.is_open:
+                message.nack(requeue=True)
+
+    @asynccontextmanager
+    async def next_task(
+        self, timeout: float | None = 5.0, *, fail: bool = True
+    ) -> AsyncIterator[IncomingTask | None]:
+        """``async with queue.next_task(timeout=1.0) as task:`` takes one task (pull).
+
+        Waits up to ``timeout`` seconds for a task. When the block exits, a processed task's
+        result is sent and it is acknowledged; an unprocessed one is requeued.
+
+        Raises:
+            QueueEmpty: no task arrived in time (with ``fail=False``, ``None`` is yielded).
+
+        Cancellation: cancelled while waiting, no task is taken; cancelled inside the
+        block, the task is settled as if the block had exited (shielded).
+        """
+        task = await self._get_task(timeout)
+        if task is None:
+            if fail:
+                raise QueueEmpty(f"no task in queue {self.name!r}")
+            yield None
+            return
+        try:
+            yield task
+        finally:
+            with anyio.CancelScope(shield=True):
+                await task._finish()
+
+    async def _get_task(self, timeout: float | None) -> IncomingTask | None:
+        """One task by ``basic_get``, polling until ``timeout`` (0: just once)."""
+        tasks = self._tasks
+        tasks.link.check_open()
+        await self._ensure_declared()
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        while True:
+            channel = await self._get_channel()
+            message = await channel.basic_get(self.name)
+            if message is not None:
+                try:
+                    task, no_reply = wire.decode_task(tasks.serving.decode(message))
+                except UndecodableMessage as exc:
+                    await tasks.serving.reject_undecodable(
+                        message, exc, self.exchange, with_host=True
+                    )
+                    continue
+                return IncomingTask(self, message, task, no_reply)
+            if deadline is not None and anyio.current_time() >= deadline:
+                return None
+            await anyio.sleep(NEXT_TASK_POLL)
+
+    def __aiter__(self) -> _TaskIterator:
+        """``async for task in queue``: every task now in the queue, without waiting.
+
+        Tasks not processed by the end of the iteration are requeued.
+        """
+        return _TaskIterator(self)
+
+
+class _TaskIterator:
+    def __init__(self, queue: TaskQueue) -> None:
+        self._queue = queue
+        self._held: list[IncomingTask] = []
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> IncomingTask:
+        held = self._held
+        for done in [t for t in held if t.state == "processing"]:
+            held.remove(done)
+            await done._finish()
+        task = await self._queue._get_task(0)
+        if task is None:
+            with anyio.CancelScope(shield=True):
+                for pending in held:
+                    await pending._finish()
+                held.clear()
+            raise StopAsyncIteration
+        held.append(task)
+        return task
