@@ -15,6 +15,7 @@ import logging
 
 from . import codecs as codecs
 from ._version import __version__ as __version__
+from .app import App as App
 from .communicator import Communicator as Communicator
 from .communicator import IncomingTask as IncomingTask
 from .communicator import TaskQueue as TaskQueue
@@ -32,6 +33,7 @@ TimeoutError = TimeoutError  # kiwiPy exports the builtin under this name
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "App",
     "BroadcastFilter",
     "CancelledError",
     "Communicator",

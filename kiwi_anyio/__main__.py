@@ -20,6 +20,10 @@ Exit codes:
   3    cannot connect: broker unreachable, login or virtual host refused, TLS mismatch
   4    timeout: no result within --timeout
   130  interrupted (Ctrl-C); task work and listen print their counts first
+
+worker: 0 stopped cleanly (a first SIGTERM/SIGINT drains), 1 the app failed (a startup hook
+raised), 2 usage (bad URL, an app path that does not import), 3 cannot connect (broker
+unreachable, login refused), 130 stopped at once by a second signal.
 """
 
 from __future__ import annotations
@@ -533,7 +537,180 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_jsonl(ping)
     ping.set_defaults(run=_ping)
+
+    _add_worker(sub, command)
     return parser
+
+
+def _add_worker(sub: Any, command: Any) -> None:
+    worker = command(
+        sub,
+        "worker",
+        "serve a kiwi_anyio.App (tasks, RPC, broadcasts) in N processes",
+        "Serve the app named APP (module:attribute, e.g. tasks:app) until SIGTERM or Ctrl-C. "
+        "The first signal stops taking new messages, lets running handlers finish within "
+        "--drain-timeout and requeues the rest (exit 0); a second one exits at once (the "
+        "broker redelivers unfinished tasks; exit 130). With --workers N a supervisor runs N "
+        "processes, each with its own connection, and restarts one that dies (with backoff). "
+        "The URL is --url, else $KIWI_ANYIO_URL, else the app's.",
+    )
+    worker.epilog = (
+        "Exit codes: 0 stopped cleanly, 1 the app failed (a startup hook raised), 2 usage "
+        "(bad URL, an app path that does not import), 3 cannot connect (broker unreachable, "
+        "login refused), 130 stopped at once by a second signal."
+    )
+    worker.add_argument("app", metavar="APP", help="the app: module:attribute (e.g. tasks:app)")
+    worker.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="processes to run, each with its own connection (default: 1, in this process)",
+    )
+    worker.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="on a stop, how long running handlers may finish before their tasks are "
+        "requeued (default: the app's drain_timeout, 25)",
+    )
+    worker.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default="INFO",
+        help="the lowest level logged to stderr (default: INFO)",
+    )
+    worker.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="log lines as text or as one JSON object each (default: text)",
+    )
+    health = worker.add_argument_group("health")
+    health.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve GET /healthz on PORT: 200 when every process is connected and consuming, "
+        "else 503 (0: any free port, logged)",
+    )
+    health.add_argument(
+        "--health-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address of the health endpoint (default: 127.0.0.1; 0.0.0.0 in a container)",
+    )
+    health.add_argument(
+        "--health-file",
+        metavar="PATH",
+        default=None,
+        help="keep PATH (a JSON report) rewritten while healthy, removed while not",
+    )
+    health.add_argument(
+        "--health-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often the health file is rewritten (default: 5)",
+    )
+    worker.add_argument("--supervised-fd", type=int, default=None, help=argparse.SUPPRESS)
+    worker.set_defaults(run=None)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """``kiwi-anyio worker``: load the app, check the URL, serve (supervised with N > 1)."""
+    from .protocol import parse_url
+    from .worker import (
+        AppLoadError,
+        HealthReporter,
+        WorkerConfig,
+        configure_logging,
+        load_app,
+        log_failure,
+        run_in_process,
+        supervise,
+    )
+
+    configure_logging(args.log_level, args.log_format)
+    try:
+        app = load_app(args.app)
+    except AppLoadError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    url = args.url or app.url or DEFAULT_URL
+    if url.startswith("memory:"):
+        return _fail(
+            EXIT_USAGE,
+            f"{url} is a broker inside one process: give the worker an amqp:// URL "
+            "(use app.test_client() for tests on memory://)",
+        )
+    try:
+        parse_url(url)
+    except InvalidURL as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    health = HealthReporter(
+        port=args.health_port,
+        host=args.health_host,
+        file=args.health_file,
+        interval=args.health_interval,
+    )
+    if args.supervised_fd is not None:
+        health = HealthReporter()  # the supervisor serves the health of all its children
+    try:
+        if args.workers > 1:
+            if app._rpcs:
+                return _fail(
+                    EXIT_USAGE,
+                    f"{args.app} has RPC subscribers ({', '.join(r.identifier for r in app._rpcs)})"
+                    ": an RPC identifier is unique on the broker, so serve it with --workers 1",
+                )
+            anyio.run(_check_connection, url, app.options, backend=args.backend)
+            config = WorkerConfig(
+                app=args.app,
+                url=url,
+                backend=args.backend,
+                workers=args.workers,
+                drain_timeout=args.drain_timeout,
+                log_level=args.log_level,
+                log_format=args.log_format,
+            )
+            return supervise(config, health)
+        run_in_process(
+            app,
+            url=url,
+            backend=args.backend,
+            drain_timeout=args.drain_timeout,
+            health=health,
+            supervised_fd=args.supervised_fd,
+        )
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BaseException as raised:
+        error = _leaf(raised)
+        if isinstance(error, InvalidURL):
+            return _fail(EXIT_USAGE, str(error))
+        if isinstance(error, ConnectionFailed):
+            return _fail(EXIT_CANNOT_CONNECT, str(error))
+        if isinstance(error, Exception):
+            log_failure(error, f"{app.name} failed")
+            return _fail(EXIT_FAILED, f"{app.name} failed: {type(error).__name__}: {error}")
+        raise
+
+
+async def _check_connection(url: str, options: dict[str, Any]) -> None:
+    """Connect once, so that a bad URL or login fails in one line before any child starts."""
+    async with kiwi_connect(url, **options):
+        pass
 
 
 def _version_of(package: str) -> str:
@@ -574,6 +751,8 @@ def main(argv: Sequence[str] | None = None, out: Any = None) -> int:
     out = out or sys.stdout
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "worker":
+        return _worker(args)
     url = args.url or ("memory://demo" if args.command == "demo" else DEFAULT_URL)
     counts: Counts | None = getattr(args, "counts", None)
     if url.startswith("memory:") and args.command not in _MEMORY_OK:
