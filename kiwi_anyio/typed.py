@@ -112,6 +112,8 @@ def _is_msgspec_struct(tp: Any) -> bool:
 
 # =========================================================================== to plain data
 
+#: plain values that contain nothing
+_SCALARS: Final[frozenset[type]] = frozenset({str, int, float, bool, type(None), bytes})
 #: types that are plain data as they are (containers are not searched for models)
 _PLAIN: Final[frozenset[type]] = frozenset(
     {str, int, float, bool, type(None), bytes, dict, list, tuple}
@@ -144,7 +146,14 @@ def _model_to_plain(value: Any, *, deep: bool) -> Any:
     if base is not None and isinstance(value, base):
         return sys.modules["msgspec"].to_builtins(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _deep_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        names = _FIELD_NAMES.get(type(value))
+        if names is None:
+            names = _FIELD_NAMES[type(value)] = tuple(f.name for f in dataclasses.fields(value))
+        result = {}
+        for name in names:
+            item = getattr(value, name)
+            result[name] = item if type(item) in _SCALARS else _deep_plain(item)
+        return result
     if not deep:
         return value
     if isinstance(value, enum.Enum):
@@ -159,14 +168,24 @@ def _model_to_plain(value: Any, *, deep: bool) -> Any:
 
 
 def _deep_plain(value: Any) -> Any:
-    """Inside a dataclass: containers are searched, special values become plain."""
-    if isinstance(value, dict):
-        return {_deep_plain(k): _deep_plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_deep_plain(item) for item in value]
-    if type(value) in _PLAIN:
+    """Inside a dataclass (and for a typed subscriber's result): containers are searched,
+    special values become plain."""
+    kind = type(value)
+    if kind in _SCALARS:
         return value
+    if isinstance(value, dict):
+        scalars = _SCALARS
+        return {
+            k if type(k) in scalars else _deep_plain(k): v if type(v) in scalars else _deep_plain(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [item if type(item) in _SCALARS else _deep_plain(item) for item in value]
     return _model_to_plain(value, deep=True)
+
+
+#: dataclass -> its field names (``dataclasses.fields`` is slow per call)
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 # =========================================================================== from plain data

@@ -1,4 +1,5 @@
-"""Typed messages and typed remote errors end to end, through a communicator on memory://.
+"""Typed messages and typed remote errors end to end, through a communicator on memory://
+and on RabbitMQ.
 
 The user-visible behaviour of issue #17 with the public API only. The tests marked ``WIRED``
 need kiwi_anyio.typed wired into the communicator (the communicator split, #13): they are strict
@@ -20,6 +21,7 @@ import pytest
 
 import kiwi_anyio
 from kiwi_anyio import InvalidMessage, RemoteException, memory, register_remote_error
+from kiwi_anyio.testing.pytest_plugin import private_names
 from kiwi_anyio.typed import unregister_remote_error
 
 pytestmark = pytest.mark.anyio
@@ -91,12 +93,27 @@ def more(model: Any, received: list[Any], *, is_async: bool) -> Callable[..., An
     return handle
 
 
-@pytest.fixture
-def url() -> Iterator[str]:
-    """A memory:// broker of this test's own, forgotten afterwards."""
+@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.broker)])
+def url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test on the memory:// broker (one of its own) and on the test RabbitMQ."""
+    if request.param == "rabbitmq":
+        yield str(request.getfixturevalue("broker_url"))
+        return
     name = f"typed-{uuid.uuid4().hex[:12]}"
     yield f"memory://{name}"
     memory.reset(name)
+
+
+@pytest.fixture
+def connect(url: str) -> Callable[[], Any]:
+    """``connect()`` opens a communicator on ``url`` with exchange and queue names private to
+    the test (the same for every communicator of the test)."""
+    options = private_names("typed")
+
+    def open_communicator() -> Any:
+        return kiwi_anyio.connect(url, **options)
+
+    return open_communicator
 
 
 def check_received(model: Any, received: list[Any]) -> None:
@@ -114,10 +131,12 @@ def check_received(model: Any, received: list[Any]) -> None:
 @WIRED
 @pytest.mark.parametrize("is_async", [True, False], ids=["async", "sync"])
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
-async def test_a_task_round_trip_with_a_model(url: str, model: Any, is_async: bool) -> None:
+async def test_a_task_round_trip_with_a_model(
+    connect: Callable[[], Any], model: Any, is_async: bool
+) -> None:
     received: list[Any] = []
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(url) as comm:
+        async with connect() as comm:
             await comm.add_task_subscriber(more(model, received, is_async=is_async))
             future = await comm.task_send(sent(model))  # the sender passes a model
             assert future is not None
@@ -128,10 +147,12 @@ async def test_a_task_round_trip_with_a_model(url: str, model: Any, is_async: bo
 @WIRED
 @pytest.mark.parametrize("is_async", [True, False], ids=["async", "sync"])
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
-async def test_an_rpc_round_trip_with_a_model(url: str, model: Any, is_async: bool) -> None:
+async def test_an_rpc_round_trip_with_a_model(
+    connect: Callable[[], Any], model: Any, is_async: bool
+) -> None:
     received: list[Any] = []
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(url) as server, kiwi_anyio.connect(url) as client:
+        async with connect() as server, connect() as client:
             await server.add_rpc_subscriber(more(model, received, is_async=is_async), "orders")
             future = await client.rpc_send("orders", sent(model))
             assert await future == {"name": "apples", "quantity": 4}
@@ -140,7 +161,7 @@ async def test_an_rpc_round_trip_with_a_model(url: str, model: Any, is_async: bo
 
 @WIRED
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
-async def test_a_typed_broadcast_subscriber(url: str, model: Any) -> None:
+async def test_a_typed_broadcast_subscriber(connect: Callable[[], Any], model: Any) -> None:
     received: list[Any] = []
     got = anyio.Event()
 
@@ -151,7 +172,7 @@ async def test_a_typed_broadcast_subscriber(url: str, model: Any) -> None:
 
     on_order.__annotations__["body"] = model
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(url) as comm:
+        async with connect() as comm:
             await comm.add_broadcast_subscriber(
                 kiwi_anyio.BroadcastFilter(on_order, subject="orders.*")
             )
@@ -162,7 +183,7 @@ async def test_a_typed_broadcast_subscriber(url: str, model: Any) -> None:
 
 @WIRED
 @pytest.mark.parametrize("model", [PydanticOrder, MsgspecOrder, DataclassOrder], ids=MODEL_IDS[:3])
-async def test_the_wire_carries_plain_data(url: str, model: Any) -> None:
+async def test_the_wire_carries_plain_data(connect: Callable[[], Any], model: Any) -> None:
     """A subscriber that asks for no type (as a kiwiPy peer) gets a dict from a model sender."""
     received: list[Any] = []
 
@@ -171,7 +192,7 @@ async def test_the_wire_carries_plain_data(url: str, model: Any) -> None:
         return msg
 
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(url) as comm:
+        async with connect() as comm:
             await comm.add_rpc_subscriber(plain, "plain")
             assert await (await comm.rpc_send("plain", order(model))) == order(TypedDictOrder)
     assert received == [{"name": "apples", "quantity": 3}]
@@ -196,7 +217,9 @@ COUNT_LOCK = threading.Lock()
 
 
 @WIRED
-async def test_an_invalid_task_gives_invalid_message_and_is_not_redelivered(url: str) -> None:
+async def test_an_invalid_task_gives_invalid_message_and_is_not_redelivered(
+    connect: Callable[[], Any],
+) -> None:
     handled: list[int] = []
 
     async def worker(comm: Any, msg: Counted) -> int:
@@ -205,7 +228,7 @@ async def test_an_invalid_task_gives_invalid_message_and_is_not_redelivered(url:
 
     VALIDATIONS.clear()
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(url) as comm:
+        async with connect() as comm:
             await comm.add_task_subscriber(worker)
             future = await comm.task_send({"quantity": "many"})
             assert future is not None
@@ -224,10 +247,12 @@ async def test_an_invalid_task_gives_invalid_message_and_is_not_redelivered(url:
 
 @WIRED
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
-async def test_an_invalid_rpc_gives_invalid_message_naming_the_field(url: str, model: Any) -> None:
+async def test_an_invalid_rpc_gives_invalid_message_naming_the_field(
+    connect: Callable[[], Any], model: Any
+) -> None:
     received: list[Any] = []
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(url) as comm:
+        async with connect() as comm:
             await comm.add_rpc_subscriber(more(model, received, is_async=True), "orders")
             with pytest.raises(InvalidMessage, match=r"invalid \w+Order: .*quantity"):
                 await (await comm.rpc_send("orders", {"name": "apples"}))
@@ -237,14 +262,14 @@ async def test_an_invalid_rpc_gives_invalid_message_naming_the_field(url: str, m
     assert len(received) == 1
 
 
-async def test_a_plain_subscriber_still_gets_plain_values(url: str) -> None:
+async def test_a_plain_subscriber_still_gets_plain_values(connect: Callable[[], Any]) -> None:
     """No annotation, or a plain one: as today (this already passes unwired)."""
 
     def double(comm: Any, msg: int) -> int:
         return msg * 2
 
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(url) as comm:
+        async with connect() as comm:
             await comm.add_task_subscriber(double)
             future = await comm.task_send(21)
             assert future is not None
@@ -280,10 +305,10 @@ async def raise_out_of_stock(comm: Any, msg: Any) -> None:
 @WIRED
 @pytest.mark.parametrize("via", ["task", "rpc"])
 async def test_a_registered_error_comes_back_as_its_type(
-    url: str, registered: type[OutOfStock], via: str
+    connect: Callable[[], Any], registered: type[OutOfStock], via: str
 ) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(url) as comm:
+        async with connect() as comm:
             if via == "task":
                 await comm.add_task_subscriber(raise_out_of_stock)
                 future = await comm.task_send("pears")
@@ -300,7 +325,7 @@ async def test_a_registered_error_comes_back_as_its_type(
 
 @pytest.mark.parametrize("via", ["task", "rpc"])
 async def test_an_unregistered_error_stays_a_remote_exception(
-    url: str, registered: type[OutOfStock], via: str
+    connect: Callable[[], Any], registered: type[OutOfStock], via: str
 ) -> None:
     """As today (this already passes unwired)."""
 
@@ -308,7 +333,7 @@ async def test_an_unregistered_error_stays_a_remote_exception(
         raise NotRegistered("nope")
 
     with anyio.fail_after(TIMEOUT):
-        async with kiwi_anyio.connect(url) as comm:
+        async with connect() as comm:
             if via == "task":
                 await comm.add_task_subscriber(fail)
                 future = await comm.task_send("x")
