@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, cast, overload
@@ -275,6 +275,19 @@ class Communicator:
     def _broadcast_queue(self) -> str | None:
         return self._broadcasts.queue
 
+    def _entered(self, method: str) -> None:
+        """Fail at once, with how to write it, when used before ``async with``/``with``
+        (kiwiPy's ``comm = kiwipy.connect(url); comm.rpc_send(...).result()`` style)."""
+        if self._link.state is LinkState.NEW:
+            raise CommunicatorClosed(
+                f"{method}() on a communicator that is not open: use it inside "
+                "`async with kiwi_anyio.connect(url) as comm:` (await the call), or, for "
+                "kiwiPy's synchronous API, `with kiwi_anyio.connect(url) as comm:` (then "
+                f"comm.{method}(...) returns at once, e.g. comm.rpc_send(...).result()); "
+                "without a with block: comm = kiwi_anyio.connect(url).__enter__() and "
+                "comm.close() at the end"
+            )
+
     def _timeout(self, timeout: Timeout) -> float | None:
         return self.request_timeout if timeout is DEFAULT else timeout
 
@@ -434,35 +447,37 @@ class Communicator:
         )
 
     @overload
-    async def task_send(
+    def task_send(
         self, task: Any, no_reply: Literal[False] = False, *, timeout: Timeout = DEFAULT
-    ) -> Future[Any]: ...
+    ) -> Coroutine[Any, Any, Future[Any]]: ...
     @overload
-    async def task_send(
+    def task_send(
         self, task: Any, no_reply: Literal[True], *, timeout: Timeout = DEFAULT
-    ) -> None: ...
+    ) -> Coroutine[Any, Any, None]: ...
     @overload
-    async def task_send(
+    def task_send(
         self, task: Any, no_reply: bool, *, timeout: Timeout = DEFAULT
-    ) -> Future[Any] | None: ...
-    async def task_send(
+    ) -> Coroutine[Any, Any, Future[Any] | None]: ...
+    def task_send(
         self, task: Any, no_reply: bool = False, *, timeout: Timeout = DEFAULT
-    ) -> Future[Any] | None:
+    ) -> Coroutine[Any, Any, Future[Any] | None]:
         """Send a task to the default queue (see :meth:`TaskQueue.task_send`).
 
         Cancellation: cancelled before the broker's confirm, the task may or may not have
         been queued, and no future is returned.
         """
-        return await self._default_queue().task_send(task, no_reply, timeout=timeout)
+        self._entered("task_send")
+        return self._default_queue().task_send(task, no_reply, timeout=timeout)
 
-    async def add_task_subscriber(
+    def add_task_subscriber(
         self, subscriber: Subscriber, identifier: str | None = None
-    ) -> str:
+    ) -> Coroutine[Any, Any, str]:
         """Subscribe to the default task queue (see :meth:`TaskQueue.add_task_subscriber`).
 
         Cancellation: the subscriber is not added.
         """
-        return await self._default_queue().add_task_subscriber(subscriber, identifier)
+        self._entered("add_task_subscriber")
+        return self._default_queue().add_task_subscriber(subscriber, identifier)
 
     async def remove_task_subscriber(self, identifier: str) -> None:
         """Remove a subscriber of the default task queue.
@@ -478,9 +493,9 @@ class Communicator:
 
     # ------------------------------------------------------------ RPC
 
-    async def rpc_send(
+    def rpc_send(
         self, recipient_id: str, msg: Any, *, timeout: Timeout = DEFAULT
-    ) -> Future[Any]:
+    ) -> Coroutine[Any, Any, Future[Any]]:
         """Call the RPC subscriber ``recipient_id``; returns a future of its reply.
 
         Args:
@@ -499,11 +514,12 @@ class Communicator:
         cancels the future (its reply is dropped); awaiting it again raises
         ``concurrent.futures.CancelledError``.
         """
-        return await self._rpc.send(recipient_id, msg, timeout=timeout)
+        self._entered("rpc_send")
+        return self._rpc.send(recipient_id, msg, timeout=timeout)
 
-    async def add_rpc_subscriber(
+    def add_rpc_subscriber(
         self, subscriber: Subscriber, identifier: str | None = None
-    ) -> str:
+    ) -> Coroutine[Any, Any, str]:
         """Add ``subscriber(comm, msg)`` for RPCs to ``identifier``; returns the identifier.
 
         Raises:
@@ -513,7 +529,8 @@ class Communicator:
 
         Cancellation: the subscriber is not added.
         """
-        return await self._rpc.add(subscriber, identifier)
+        self._entered("add_rpc_subscriber")
+        return self._rpc.add(subscriber, identifier)
 
     async def remove_rpc_subscriber(self, identifier: str) -> None:
         """Remove an RPC subscriber (and delete its queue).
@@ -533,23 +550,24 @@ class Communicator:
 
     # ------------------------------------------------------------ broadcasts
 
-    async def broadcast_send(
+    def broadcast_send(
         self,
         body: Any,
         sender: Any = None,
         subject: Any = None,
         correlation_id: Any = None,
-    ) -> bool:
+    ) -> Coroutine[Any, Any, bool]:
         """Send a broadcast to every subscriber whose filters match; returns True once the
         broker confirmed it (nobody listening is not an error).
 
         Cancellation: the broadcast may or may not have been sent.
         """
-        return await self._broadcasts.send(body, sender, subject, correlation_id)
+        self._entered("broadcast_send")
+        return self._broadcasts.send(body, sender, subject, correlation_id)
 
-    async def add_broadcast_subscriber(
+    def add_broadcast_subscriber(
         self, subscriber: Subscriber, identifier: str | None = None
-    ) -> str:
+    ) -> Coroutine[Any, Any, str]:
         """Add ``subscriber(comm, body, sender, subject, correlation_id)``; returns its id.
 
         Wrap it in a :class:`~kiwi_anyio.BroadcastFilter` to receive only some subjects or
@@ -558,7 +576,8 @@ class Communicator:
 
         Cancellation: the subscriber is not added.
         """
-        return await self._broadcasts.add(subscriber, identifier)
+        self._entered("add_broadcast_subscriber")
+        return self._broadcasts.add(subscriber, identifier)
 
     async def remove_broadcast_subscriber(self, identifier: str) -> None:
         """Remove a broadcast subscriber; the last one removed deletes the queue, so no

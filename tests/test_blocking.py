@@ -130,3 +130,31 @@ def test_task_sent_just_before_exit_is_not_lost(broker_url: str) -> None:
         with q.next_task(timeout=5.0) as task:
             assert task is not None and task.body == "keep me"
             task.process().set_result(None)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no "coroutine was never awaited"
+def test_kiwipy_non_with_style_fails_at_once_saying_how_to_write_it() -> None:
+    comm = kiwi_anyio.connect(f"memory://test-{uuid.uuid4().hex}")
+    for call in (
+        lambda: comm.rpc_send("double", 21),
+        lambda: comm.task_send(1),
+        lambda: comm.broadcast_send("hi"),
+        lambda: comm.add_rpc_subscriber(lambda _c, n: n, "x"),
+        lambda: comm.add_task_subscriber(lambda _c, n: n),
+        lambda: comm.add_broadcast_subscriber(lambda *_: None),
+    ):
+        with pytest.raises(CommunicatorClosed, match=r"with kiwi_anyio\.connect\(url\) as comm"):
+            call()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_suggested_non_with_style_works(backend: str) -> None:
+    comm = kiwi_anyio.connect(
+        f"memory://test-{uuid.uuid4().hex}", blocking_backend=backend
+    ).__enter__()
+    try:
+        comm.add_rpc_subscriber(lambda _c, n: n * 2, "double")
+        assert comm.rpc_send("double", 21).result(TIMEOUT) == 42
+    finally:
+        comm.close()
+    assert comm.is_closed()

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
@@ -293,3 +294,40 @@ async def test_an_rpc_server_that_closed_is_unroutable_at_once(broker_url: str) 
                 assert await (await client.rpc_send("gone", 1, timeout=10)) == 1
             with pytest.raises(UnroutableError):
                 await client.rpc_send("gone", 2)
+
+
+async def test_a_plain_function_subscriber_touching_the_loop_gets_a_clear_error(
+    comm: kiwi_anyio.Communicator,
+) -> None:
+    """Plain-function subscribers run in a worker thread; an event-loop call there fails on
+    trio (and only works by accident on asyncio): the caller is told why and what to do."""
+
+    def wrong(_comm: Any, _msg: Any) -> None:
+        anyio.lowlevel.current_token()  # an event-loop call from the worker thread
+
+    with anyio.fail_after(TIMEOUT):
+        await comm.add_rpc_subscriber(wrong, "wrong")
+        with pytest.raises(kiwi_anyio.RemoteException, match=r"async def.*from_thread"):
+            await (await comm.rpc_send("wrong", 1))
+
+
+async def test_testing_mode_after_a_normal_run_says_why_its_exchange_is_refused(
+    broker_url: str,
+) -> None:
+    """kiwiPy's trap: testing_mode with the names a normal run declared gets
+    ``406 inequivalent arg 'auto_delete'``; the error explains it."""
+    options = _names()
+    options["testing_mode"] = False
+    with anyio.fail_after(30):
+        async with kiwi_anyio.connect(broker_url, **options) as normal:
+            await normal.broadcast_send("declares the message exchange")
+            options["testing_mode"] = True
+            async with kiwi_anyio.connect(broker_url, **options) as testing:
+                with pytest.raises(kiwi_anyio.DeliveryFailed, match="with testing_mode") as info:
+                    await testing.broadcast_send("refused")
+                assert "private_names" in str(info.value)
+        async with (
+            kiwi_anyio.protocol.connect(broker_url) as conn,
+            conn.channel() as ch,
+        ):
+            await ch.exchange_delete(options["message_exchange"])

@@ -61,6 +61,21 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     )
 
 
+_LOOP_FROM_THREAD: Final = (
+    "must be called from async context",  # trio (anyio.Event.set() and the like)
+    "no running event loop",  # asyncio
+    "unknown async library",  # sniffio
+    "not called from an event loop thread",
+    "not currently running on any asynchronous event loop",  # anyio
+)
+
+
+def _loop_call_from_thread(exc: RuntimeError) -> bool:
+    """Whether ``exc`` says that an event-loop function was called from a worker thread."""
+    text = str(exc).lower()
+    return any(marker in text for marker in _LOOP_FROM_THREAD)
+
+
 async def resolve(value: Any) -> Any:
     """Await one level of a future-like value (ours, concurrent.futures, or an awaitable)."""
     if isinstance(value, Future):
@@ -107,7 +122,16 @@ class Serving:
         """
         if _is_async(subscriber):
             return await subscriber(*args)
-        result = await anyio.to_thread.run_sync(subscriber, *args, abandon_on_cancel=True)
+        try:
+            result = await anyio.to_thread.run_sync(subscriber, *args, abandon_on_cancel=True)
+        except RuntimeError as exc:
+            if not _loop_call_from_thread(exc):
+                raise
+            raise RuntimeError(
+                f"subscriber {subscriber!r} is a plain function, so it runs in a worker "
+                f"thread, where event-loop calls fail ({exc}): make it `async def`, or call "
+                "into the loop with anyio.from_thread.run_sync(...)"
+            ) from exc
         if inspect.iscoroutine(result):  # e.g. a plain wrapper around an async function
             result = await result
         return result

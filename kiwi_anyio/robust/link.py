@@ -313,12 +313,26 @@ class Link:
         """Declare kiwiPy's topic exchange ``exchange`` once per connection."""
         if exchange in self._exchanges:
             return
-        await self.declare(
-            lambda ch: ch.exchange_declare(
-                exchange, "topic", durable=False, auto_delete=self.exchange_auto_delete
-            ),
-            f"exchange {exchange!r}",
-        )
+        try:
+            await self.declare(
+                lambda ch: ch.exchange_declare(
+                    exchange, "topic", durable=False, auto_delete=self.exchange_auto_delete
+                ),
+                f"exchange {exchange!r}",
+            )
+        except DeliveryFailed as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ChannelClosed) and "'auto_delete'" in str(cause):
+                mode = "with" if self.exchange_auto_delete else "without"
+                other = "without" if self.exchange_auto_delete else "with"
+                raise DeliveryFailed(
+                    f"cannot declare exchange {exchange!r} {mode} testing_mode: it exists, "
+                    f"declared {other} it (testing_mode makes exchanges auto-delete, as "
+                    "kiwiPy's does): give testing mode names of its own (e.g. "
+                    "kiwi_anyio.testing.pytest_plugin.private_names()), or delete the "
+                    f"exchange ({cause})"
+                ) from cause
+            raise
         self._exchanges.add(exchange)
 
     def forget_exchange(self, exchange: str) -> None:
