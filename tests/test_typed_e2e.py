@@ -345,3 +345,69 @@ async def test_an_unregistered_error_stays_a_remote_exception(
                 await future
     assert type(info.value) is RemoteException
     assert info.value.remote_type == "NotRegistered"
+
+
+# --------------------------------------------------------------------------- with a kiwiPy peer
+# (the harness of test_kiwipy_interop.py: kiwiPy 0.9 in its own process and virtualenv)
+
+
+def total(comm: Any, order: PydanticOrder) -> PydanticOrder:
+    return order.model_copy(update={"quantity": order.quantity + 1})
+
+
+@WIRED
+@pytest.mark.broker
+async def test_a_kiwipy_caller_sends_and_gets_plain_data(broker_url: str) -> None:
+    from tests.test_kiwipy_interop import TEST_TIMEOUT, Names, kiwi_comm, kiwipy_peer
+
+    names = Names.unique()
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with kiwi_comm(broker_url, names) as comm:
+            await comm.add_rpc_subscriber(total, "total")
+            async with kiwipy_peer(broker_url, names, "client") as peer:
+                result = await peer.result("rpc_send", recipient="total", msg=order(TypedDictOrder))
+                assert result == ({"name": "apples", "quantity": 4}, 0)
+                # an invalid body: kiwiPy ignores the header, its RemoteException has the text
+                reply = await peer.command("rpc_send", recipient="total", msg={"name": "x"})
+                assert not reply["ok"]
+                assert reply["error"] == "kiwipy.exceptions.RemoteException"
+                assert reply["message"].startswith("invalid PydanticOrder: quantity: ")
+
+
+@WIRED
+@pytest.mark.broker
+async def test_a_model_sent_to_a_kiwipy_worker_arrives_as_a_dict(broker_url: str) -> None:
+    from tests.test_kiwipy_interop import TEST_TIMEOUT, Names, kiwi_comm, kiwipy_peer
+
+    names = Names.unique()
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            kiwipy_peer(broker_url, names, "serve") as peer,
+            kiwi_comm(broker_url, names) as comm,
+        ):
+            sent_order = MsgspecOrder("apples", 3)
+            assert await (await comm.rpc_send("echo", sent_order)) == order(TypedDictOrder)
+            (event,) = await peer.wait_kind("rpc", 1)
+            assert event["msg"] == {"name": "apples", "quantity": 3}
+
+
+@pytest.mark.broker
+async def test_a_kiwipy_workers_errors_stay_remote_exceptions(broker_url: str) -> None:
+    """kiwiPy sends no type header: even a registered type arrives as today (passes unwired)."""
+    from tests.test_kiwipy_interop import TEST_TIMEOUT, Names, kiwi_comm, kiwipy_peer
+
+    register_remote_error(RuntimeError)  # what the peer's `fail` raises
+    try:
+        names = Names.unique()
+        with anyio.fail_after(TEST_TIMEOUT):
+            async with (
+                kiwipy_peer(broker_url, names, "serve") as peer,
+                kiwi_comm(broker_url, names) as comm,
+            ):
+                with pytest.raises(RemoteException, match="nope") as info:
+                    await (await comm.rpc_send("fail", "x"))
+                assert type(info.value) is RemoteException
+                assert info.value.remote_type is None  # kiwiPy sends only the text
+                assert len(await peer.wait_kind("rpc", 1)) == 1
+    finally:
+        unregister_remote_error(RuntimeError)
