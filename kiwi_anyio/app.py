@@ -231,10 +231,10 @@ class App:
 
         ``@app.rpc("inc")``, or ``@app.rpc`` for the function's name as the identifier. The
         function is returned unchanged. An identifier taken by another process makes the
-        start fail (:class:`~kiwi_anyio.DuplicateSubscriberIdentifier`); with
-        ``--workers N`` give each process's RPC subscribers distinct identifiers, or serve
-        RPCs from a single process. A call still running when the app stops gets
-        ``drain_timeout`` to answer.
+        start fail (:class:`~kiwi_anyio.DuplicateSubscriberIdentifier`), so
+        ``kiwi-anyio worker`` serves an app with RPC subscribers in one process only
+        (``--workers 1``). A call still running when the app stops gets ``drain_timeout``
+        to answer.
 
         Raises:
             ValueError: the identifier is declared twice or contains ``*`` or ``#``.
@@ -290,8 +290,8 @@ class App:
 
         The hook is ``hook(comm)`` or ``hook()``, ``async def`` or plain (a plain one runs in
         the event loop: keep it short). Hooks run in the order declared; one that raises
-        makes the start fail (the worker exits with code 1) and the hooks' counterpart
-        ``on_shutdown`` hooks still run.
+        makes the start fail (the worker exits with code 1); the ``on_shutdown`` hooks
+        still run.
         """
         self._on_startup.append(fn)
         return fn
@@ -364,7 +364,7 @@ class App:
         url: str | None = None,
         *,
         drain_timeout: float | None = None,
-        task_status: anyio.abc.TaskStatus[Communicator] = anyio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[Communicator] | None = None,
         **options: Any,
     ) -> None:
         """Connect, run the startup hooks, subscribe everything and serve until
@@ -389,6 +389,7 @@ class App:
         """
         if self._serving is not None:
             raise RuntimeError(f"{self!r} is being served already")
+        status = task_status or anyio.TASK_STATUS_IGNORED
         serving = self._serving = _Serving()
         self._stop_requested = False
         timeout = self.drain_timeout if drain_timeout is None else drain_timeout
@@ -415,7 +416,7 @@ class App:
                     await self._subscribe(comm)
                     self._set_status(state="running")
                     logger.info("%s: serving on %s (%s)", self.name, comm.url, self._summary())
-                    task_status.started(comm)
+                    status.started(comm)
                 if serving.startup.cancelled_caught:
                     logger.info("%s: stopped during the start", self.name)
                     return
