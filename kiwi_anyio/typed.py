@@ -86,18 +86,31 @@ _MAX_REPR: Final = 40
 # =========================================================================== optional libraries
 
 
+_bases: dict[str, type[Any]] = {}  # "pydantic"/"msgspec" -> BaseModel/Struct, once imported
+
+
 def _pydantic_model() -> type[Any] | None:
-    """``pydantic.BaseModel`` if pydantic is imported (nobody can have a model otherwise)."""
-    module = sys.modules.get("pydantic")
-    base = getattr(module, "BaseModel", None) if module is not None else None
-    return base if isinstance(base, type) else None
+    """``pydantic.BaseModel`` (v2) if pydantic is imported (nobody can have a model otherwise)."""
+    base = _bases.get("pydantic")
+    if base is None:
+        module = sys.modules.get("pydantic")
+        found = getattr(module, "BaseModel", None) if module is not None else None
+        if not (isinstance(found, type) and hasattr(found, "model_validate")):  # v1: no
+            return None
+        base = _bases["pydantic"] = found
+    return base
 
 
 def _msgspec_struct() -> type[Any] | None:
     """``msgspec.Struct`` if msgspec is imported."""
-    module = sys.modules.get("msgspec")
-    base = getattr(module, "Struct", None) if module is not None else None
-    return base if isinstance(base, type) else None
+    base = _bases.get("msgspec")
+    if base is None:
+        module = sys.modules.get("msgspec")
+        found = getattr(module, "Struct", None) if module is not None else None
+        if not isinstance(found, type):
+            return None
+        base = _bases["msgspec"] = found
+    return base
 
 
 def _is_pydantic_model(tp: Any) -> bool:
