@@ -68,7 +68,9 @@ class Broadcasts:
         self._link.check_open()
         await self._link.ensure_exchange(self.exchange)
         await self._publisher.publish(
-            self._codec.encode(wire.encode_broadcast(body, sender, subject, correlation_id)),
+            await self._serving.encode(
+                wire.encode_broadcast(body, sender, subject, correlation_id)
+            ),
             exchange=self.exchange,
             routing_key=wire.BROADCAST_ROUTING_KEY,
             properties=Properties(content_type=self._codec.content_type, delivery_mode=1),
@@ -154,7 +156,7 @@ class Broadcasts:
         try:
             try:
                 body, sender, subject, correlation_id = wire.decode_broadcast(
-                    serving.decode(message)
+                    await serving.decode(message)
                 )
             except UndecodableMessage as exc:
                 await serving.reject_undecodable(message, exc, self.exchange)

@@ -114,7 +114,7 @@ class Requests:
         *,
         reply_queue: str,
         content_type: str,
-        decode: Callable[[Message], Any],
+        decode: Callable[[Message], Awaitable[Any]],
         lost_reply_grace: float,
     ) -> None:
         self._link = link
@@ -265,7 +265,7 @@ class Requests:
         # Replies are acknowledged (not consumed with no_ack): one delivered into a link that
         # is dropping goes back to the queue and reaches us after recovery.
         try:
-            self._resolve(message)
+            await self._resolve(message)
         finally:
             if not message.settled and message.channel.is_open:
                 try:
@@ -273,17 +273,25 @@ class Requests:
                 except KiwiError:  # the link dropped: the broker redelivers it
                     pass
 
-    def _resolve(self, message: Message) -> None:
+    async def _resolve(self, message: Message) -> None:
         correlation_id = message.properties.correlation_id or ""
-        future = self.pending.pop(correlation_id)
-        if future is None or future.done():
+        if correlation_id not in self.pending:
             logger.debug("dropped a reply for unknown correlation id %r", correlation_id)
             return
         try:
-            kind, value = wire.parse_reply(self._decode(message))
+            parsed: tuple[Any, Any] | UndecodableMessage = wire.parse_reply(
+                await self._decode(message)
+            )
         except UndecodableMessage as exc:
-            future.set_exception(exc)
+            parsed = exc
+        # popped only now: a future stays pending (and is failed on close) while it decodes
+        future = self.pending.pop(correlation_id)
+        if future is None or future.done():
             return
+        if isinstance(parsed, UndecodableMessage):
+            future.set_exception(parsed)
+            return
+        kind, value = parsed
         if kind is wire.PENDING:
             future.set_result(self.pending.add(correlation_id, "the delegated request", None))
         elif kind is wire.CANCELLED:

@@ -81,7 +81,7 @@ class Rpc:
         await self._link.ensure_exchange(self.exchange)
         try:
             future = await self._requests.send(
-                self._codec.encode(msg),
+                await self._serving.encode(msg),
                 exchange=self.exchange,
                 routing_key=wire.rpc_routing_key(recipient_id),
                 persistent=False,
@@ -208,7 +208,7 @@ class Rpc:
         handed_off = False  # to a confirm callback, which acks
         try:
             try:
-                msg = serving.decode(message)
+                msg = await serving.decode(message)
             except UndecodableMessage as exc:
                 await serving.reject_undecodable(message, exc, self.exchange)
                 return

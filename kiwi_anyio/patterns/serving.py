@@ -45,6 +45,7 @@ from ..protocol import Message, Properties
 from ..robust.link import Link, LinkState
 from ..robust.publisher import Publisher
 from ..robust.settling import SettleBounds
+from . import bodies
 
 __all__ = ["REPLY_EXCHANGE", "Serving", "Subscriber", "is_future_like", "resolve"]
 
@@ -109,10 +110,15 @@ class Serving:
 
     # ------------------------------------------------------------ decoding and calling
 
-    def decode(self, message: Message) -> Any:
-        """The body, decoded with the codec its content type names (see ``decoder_for``)."""
+    async def decode(self, message: Message) -> Any:
+        """The body, decoded with the codec its content type names (see ``decoder_for``);
+        a large body in a worker thread (:mod:`.bodies`)."""
         codec = decoder_for(message.properties.content_type, self._codec)
-        return codec.decode(message.body)
+        return await bodies.decode(codec.decode, message.body)
+
+    async def encode(self, value: Any) -> bytes:
+        """``value`` encoded with the codec; a large one in a worker thread."""
+        return await bodies.encode(self._codec.encode, value)
 
     async def call(self, subscriber: Subscriber, *args: Any) -> Any:
         """Call a subscriber: ``async def`` in the loop, plain functions in a worker thread.
@@ -199,7 +205,12 @@ class Serving:
         if not reply_to:
             logger.warning("cannot reply to message %s: it has no reply_to", request.delivery_tag)
             return
-        body, properties = self.encode_reply(request, reply)
+        if bodies.looks_large(reply):
+            body, properties = await anyio.to_thread.run_sync(
+                self.encode_reply, request, reply, abandon_on_cancel=True
+            )
+        else:
+            body, properties = self.encode_reply(request, reply)
         try:
             await self._publish_reply(body, properties, reply_to, exchange)
         except ProtocolError as exc:  # refused before sending (e.g. over max_message_size)
@@ -292,6 +303,8 @@ class Serving:
         reply_to = message.properties.reply_to
         if publisher is None or not publisher.is_open or not reply_to:
             return False
+        if bodies.looks_large(reply):
+            return False  # encoded off the loop by the slow path
         body, properties = self.encode_reply(message, reply)
         bounds = self._bounds
 

@@ -352,7 +352,7 @@ class TaskQueue:
         """
         tasks = self._tasks
         tasks.link.check_open()
-        body = tasks.codec.encode((task, no_reply))
+        body = await tasks.serving.encode((task, no_reply))
         try:
             return await tasks.requests.send(
                 body,
@@ -442,7 +442,7 @@ class TaskQueue:
         handed_off = False  # to a confirm callback, which acks
         try:
             try:
-                task, no_reply = wire.decode_task(serving.decode(message))
+                task, no_reply = wire.decode_task(await serving.decode(message))
             except UndecodableMessage as exc:
                 await serving.reject_undecodable(message, exc, self.exchange, with_host=True)
                 return
@@ -514,7 +514,7 @@ class TaskQueue:
             message = await channel.basic_get(self.name)
             if message is not None:
                 try:
-                    task, no_reply = wire.decode_task(tasks.serving.decode(message))
+                    task, no_reply = wire.decode_task(await tasks.serving.decode(message))
                 except UndecodableMessage as exc:
                     await tasks.serving.reject_undecodable(
                         message, exc, self.exchange, with_host=True
