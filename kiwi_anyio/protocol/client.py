@@ -22,9 +22,8 @@ import logging
 import math
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any, Final, Self
 
 import anyio
@@ -35,8 +34,10 @@ from anyio.streams.tls import TLSStream
 from pamqp import commands
 from pamqp.base import Frame
 
+from .. import channel as interface
 from .._signal import Signal, new_signal
 from .._version import __version__
+from ..channel import Acknowledgement, Body, FieldTable, OnConfirm, Props
 from ..exceptions import (
     AMQPError,
     AuthenticationError,
@@ -61,7 +62,6 @@ __all__ = ["Channel", "Connection", "Consumer", "Message", "connect"]
 logger = logging.getLogger(__name__)
 
 Properties = commands.Basic.Properties
-FieldTable = Mapping[str, Any]
 
 WRITE_HIGH_WATER: Final = 4 * 1024 * 1024  # publishers wait while more than this is unsent
 READ_SIZE: Final = 256 * 1024
@@ -140,33 +140,10 @@ class _CallbackSlot:
             logger.exception("publish confirm callback %r raised", self.callback)
 
 
-class Message:
-    """A message received with :meth:`Channel.basic_consume` or :meth:`Channel.basic_get`.
+class Message(interface.Message):
+    """A message from RabbitMQ (see :class:`kiwi_anyio.channel.Message`)."""
 
-    Attributes:
-        body: the message body.
-        properties: the ``Basic.Properties`` (``correlation_id``, ``reply_to`` …).
-        delivery_tag: the channel's tag for this delivery.
-        redelivered: True if the broker delivered it before.
-        exchange: the exchange it was published to.
-        routing_key: its routing key.
-        consumer_tag: the consumer it was delivered to (None for ``basic_get``).
-        message_count: messages left in the queue (``basic_get`` only).
-    """
-
-    __slots__ = (
-        "_channel",
-        "_settled",
-        "body",
-        "consumer_tag",
-        "delivery_tag",
-        "exchange",
-        "message_count",
-        "no_ack",
-        "properties",
-        "redelivered",
-        "routing_key",
-    )
+    __slots__ = ("_channel",)
 
     def __init__(
         self,
@@ -188,26 +165,9 @@ class Message:
 
     @property
     def channel(self) -> Channel:
-        """The channel the message arrived on; acks go back on it."""
         return self._channel
 
-    @property
-    def settled(self) -> bool:
-        """True once acked, nacked or rejected (always True for ``no_ack`` deliveries)."""
-        return self._settled
-
-    def _settle(self) -> None:
-        if self._settled:
-            raise RuntimeError(f"delivery {self.delivery_tag} was already acknowledged")
-        self._settled = True
-
     def ack(self) -> None:
-        """Acknowledge the message (``Basic.Ack``).
-
-        Raises:
-            ChannelClosed: the channel is closed; the broker requeued the message.
-            RuntimeError: the message was already acknowledged.
-        """
         channel = self._channel
         channel._check()
         self._settle()
@@ -215,36 +175,9 @@ class Message:
         channel._core.ack(channel.number, self.delivery_tag)
         channel._connection._wake_writer()
 
-    def nack(self, *, requeue: bool = True) -> None:
-        """Negatively acknowledge the message; ``requeue=False`` drops (or dead-letters) it."""
-        self._channel._check()
-        self._settle()
-        self._channel.basic_nack(self.delivery_tag, requeue=requeue)
 
-    def reject(self, *, requeue: bool = True) -> None:
-        """Reject the message (``Basic.Reject``)."""
-        self._channel._check()
-        self._settle()
-        self._channel.basic_reject(self.delivery_tag, requeue=requeue)
-
-    def __repr__(self) -> str:
-        return (
-            f"<Message tag={self.delivery_tag} exchange={self.exchange!r} "
-            f"routing_key={self.routing_key!r} {len(self.body)} bytes>"
-        )
-
-
-class Consumer:
-    """An async iterator of :class:`Message` for one ``Basic.Consume``.
-
-    Use it as an async context manager: leaving the block cancels the consumer on the broker
-    (unacknowledged messages go back to the queue when the channel closes, or are requeued
-    now if they were never handed out).
-
-    Raises (from iteration):
-        ConsumerCancelled: the broker cancelled the consumer (e.g. the queue was deleted).
-        ChannelClosed: the channel was closed.
-    """
+class Consumer(interface.Consumer["Message"]):
+    """A consumer on RabbitMQ (see :class:`kiwi_anyio.channel.Consumer`)."""
 
     def __init__(self, channel: Channel, queue: str, no_ack: bool, kwargs: dict[str, Any]) -> None:
         self._channel = channel
@@ -261,7 +194,6 @@ class Consumer:
         self._unchecked = 0  # messages handed out since the last checkpoint
 
     async def start(self) -> Self:
-        """Send ``Basic.Consume`` and wait for ``ConsumeOk``. ``async with`` calls it."""
         ch = self._channel
         try:
             reply = await ch._call(
@@ -271,7 +203,7 @@ class Consumer:
         except BaseException:
             self._send.close()  # __aexit__ will not run: nothing else closes the streams
             if not self.no_ack:  # a ConsumeOk that raced with the cancellation brought some
-                for message in _drain(self._receive):
+                for message in interface.drain(self._receive):
                     if not message._settled and ch.is_open:
                         message.reject(requeue=True)
             self._receive.close()
@@ -281,22 +213,7 @@ class Consumer:
         self._started = True
         return self
 
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.cancel()
-
     async def cancel(self) -> None:
-        """Cancel the consumer on the broker (``Basic.Cancel``); idempotent, shielded, bounded.
-
-        Messages that arrived but were not taken from the iterator are rejected with requeue.
-        """
         if self._cancelled:
             return
         self._cancelled = True
@@ -315,7 +232,7 @@ class Consumer:
         ch._consumers.pop(tag, None)
         self._send.close()
         if not self.no_ack:
-            for message in _drain(self._receive):
+            for message in interface.drain(self._receive):
                 if not message._settled and ch.is_open:
                     message.reject(requeue=True)
         self._receive.close()
@@ -326,9 +243,6 @@ class Consumer:
     def _fail(self, error: BaseException) -> None:
         self._error = error
         self._send.close()
-
-    def __aiter__(self) -> Self:
-        return self
 
     async def __anext__(self) -> Message:
         # Messages already buffered are handed out without a trip through the event loop;
@@ -403,24 +317,8 @@ def _close_wait(connection: Connection) -> float:
     return 0 if connection.is_blocked else CLOSE_TIMEOUT
 
 
-def _drain(stream: MemoryObjectReceiveStream[Message]) -> list[Message]:
-    items = []
-    while True:
-        try:
-            items.append(stream.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            return items
-
-
-class Channel:
-    """An AMQP channel. Get one with ``async with conn.channel() as ch:``.
-
-    Method names follow AMQP as pika and aiormq spell them. Synchronous methods are
-    awaited until the broker's reply; cancelling such an await leaves the channel in sync (the
-    late reply is discarded). A broker error (``Channel.Close``, e.g. 404 or 406) fails every
-    pending operation and consumer of this channel with :class:`ChannelClosed`; the connection
-    stays usable.
-    """
+class Channel(interface.Channel["Message", "Consumer"]):
+    """A channel on RabbitMQ (see :class:`kiwi_anyio.channel.Channel`)."""
 
     def __init__(self, connection: Connection, number: int, publisher_confirms: bool) -> None:
         self._connection = connection
@@ -443,7 +341,6 @@ class Channel:
 
     @property
     def is_open(self) -> bool:
-        """True until the channel is closed (by us or by the broker) or its connection is."""
         # the core's state too: a Channel.Close parsed in this read is dispatched (and
         # marks us closed) only after the events before it, whose handlers ask this
         return (
@@ -451,11 +348,6 @@ class Channel:
             and self._connection.is_open
             and self._core.channel_state(self.number) is ChannelState.OPEN
         )
-
-    @property
-    def close_reason(self) -> ChannelClosed | None:
-        """Why the channel closed, or None while it is open."""
-        return self._closed
 
     def _check(self) -> None:
         if self._closed is not None:
@@ -609,259 +501,46 @@ class Channel:
                 self._undo(slot, register)
             raise
 
-    async def exchange_declare(
-        self,
-        exchange: str,
-        exchange_type: str = "direct",
-        *,
-        passive: bool = False,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: FieldTable | None = None,
-    ) -> None:
-        """Declare an exchange (``Exchange.Declare``)."""
-        await self._call(
-            methods.Exchange.Declare(
-                exchange=exchange,
-                exchange_type=exchange_type,
-                passive=passive,
-                durable=durable,
-                auto_delete=auto_delete,
-                internal=internal,
-                arguments=dict(arguments or {}),
-            )
-        )
-
-    async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
-        """Delete an exchange."""
-        await self._call(methods.Exchange.Delete(exchange=exchange, if_unused=if_unused))
-
-    async def exchange_bind(
-        self,
-        destination: str,
-        source: str,
-        routing_key: str = "",
-        arguments: FieldTable | None = None,
-    ) -> None:
-        """Bind exchange ``destination`` to exchange ``source`` (a RabbitMQ extension)."""
-        await self._call(
-            methods.Exchange.Bind(
-                destination=destination,
-                source=source,
-                routing_key=routing_key,
-                arguments=dict(arguments or {}),
-            )
-        )
-
-    async def exchange_unbind(
-        self,
-        destination: str,
-        source: str,
-        routing_key: str = "",
-        arguments: FieldTable | None = None,
-    ) -> None:
-        """Remove an exchange-to-exchange binding."""
-        await self._call(
-            methods.Exchange.Unbind(
-                destination=destination,
-                source=source,
-                routing_key=routing_key,
-                arguments=dict(arguments or {}),
-            )
-        )
-
-    async def queue_declare(
-        self,
-        queue: str = "",
-        *,
-        passive: bool = False,
-        durable: bool = False,
-        exclusive: bool = False,
-        auto_delete: bool = False,
-        arguments: FieldTable | None = None,
-    ) -> commands.Queue.DeclareOk:
-        """Declare a queue; ``queue=""`` lets the broker name it.
-
-        Returns:
-            ``Queue.DeclareOk`` with ``queue`` (the name), ``message_count`` and
-            ``consumer_count``.
-        """
-        reply = await self._call(
-            methods.Queue.Declare(
-                queue=queue,
-                passive=passive,
-                durable=durable,
-                exclusive=exclusive,
-                auto_delete=auto_delete,
-                arguments=dict(arguments or {}),
-            )
-        )
-        assert isinstance(reply, commands.Queue.DeclareOk)
-        return reply
-
-    async def queue_bind(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: FieldTable | None = None,
-    ) -> None:
-        """Bind a queue to an exchange."""
-        await self._call(
-            methods.Queue.Bind(
-                queue=queue,
-                exchange=exchange,
-                routing_key=routing_key,
-                arguments=dict(arguments or {}),
-            )
-        )
-
-    async def queue_unbind(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: FieldTable | None = None,
-    ) -> None:
-        """Remove a queue binding."""
-        await self._call(
-            methods.Queue.Unbind(
-                queue=queue,
-                exchange=exchange,
-                routing_key=routing_key,
-                arguments=dict(arguments or {}),
-            )
-        )
-
-    async def queue_purge(self, queue: str) -> int:
-        """Remove every ready message from a queue; returns how many."""
-        reply = await self._call(methods.Queue.Purge(queue=queue))
-        assert isinstance(reply, commands.Queue.PurgeOk)
-        return int(reply.message_count or 0)
-
-    async def queue_delete(
-        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
-    ) -> int:
-        """Delete a queue; returns how many messages it held."""
-        reply = await self._call(
-            methods.Queue.Delete(queue=queue, if_unused=if_unused, if_empty=if_empty)
-        )
-        assert isinstance(reply, commands.Queue.DeleteOk)
-        return int(reply.message_count or 0)
-
-    async def basic_qos(
-        self, prefetch_count: int = 0, prefetch_size: int = 0, *, global_: bool = False
-    ) -> None:
-        """Limit unacknowledged deliveries per consumer (``global_``: per channel)."""
-        await self._call(
-            commands.Basic.Qos(
-                prefetch_size=prefetch_size, prefetch_count=prefetch_count, global_=global_
-            )
-        )
-
-    async def confirm_select(self) -> None:
-        """Put the channel in publisher-confirm mode (``conn.channel(publisher_confirms=True)``)."""
-        await self._call(commands.Confirm.Select())
-        self.publisher_confirms = True
-
-    def basic_consume(
-        self,
-        queue: str,
-        *,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        consumer_tag: str = "",
-        arguments: FieldTable | None = None,
+    def _consumer(
+        self, queue: str, no_ack: bool, exclusive: bool, consumer_tag: str, arguments: FieldTable
     ) -> Consumer:
-        """Consume from a queue: ``async with ch.basic_consume(q) as consumer:``.
-
-        The consumer is an async iterator of :class:`Message`. Deliveries are buffered per
-        consumer (bound them with :meth:`basic_qos`); the reader never waits for you.
-        """
         self._check()
         return Consumer(
             self,
             queue,
             no_ack,
-            {
-                "exclusive": exclusive,
-                "consumer_tag": consumer_tag,
-                "arguments": dict(arguments or {}),
-            },
+            {"exclusive": exclusive, "consumer_tag": consumer_tag, "arguments": arguments},
         )
 
-    async def basic_get(self, queue: str, *, no_ack: bool = False) -> Message | None:
-        """Fetch one message, or None if the queue is empty.
-
-        Cancellation: if the await is cancelled after the request went out, a message that
-        arrives anyway is rejected with requeue.
-        """
+    async def _get(self, queue: str, no_ack: bool) -> Message | None:
         reply = await self._call(methods.Basic.Get(queue=queue, no_ack=no_ack))
         if isinstance(reply, ev.GetOk):
             return Message(self, reply, no_ack)
         return None
 
     async def basic_cancel(self, consumer_tag: str) -> None:
-        """Cancel a consumer by tag (prefer leaving the :class:`Consumer` block)."""
         consumer = self._consumers.get(consumer_tag)
         if consumer is not None:
             await consumer.cancel()
         else:
             await self._call(commands.Basic.Cancel(consumer_tag=consumer_tag))
 
-    def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
-        """Acknowledge deliveries (queued for the writer; never blocks)."""
-        self._check()
-        self._core.ack(self.number, delivery_tag, multiple=multiple)
+    def _acknowledge(self, kind: Acknowledgement, tag: int, multiple: bool, requeue: bool) -> None:
+        if kind == "ack":
+            self._core.ack(self.number, tag, multiple=multiple)
+        elif kind == "nack":
+            self._core.nack(self.number, tag, multiple=multiple, requeue=requeue)
+        else:
+            self._core.reject(self.number, tag, requeue=requeue)
         self._connection._wake_writer()
 
-    def basic_nack(
-        self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
+    async def _publish(
+        self, body: Body, exchange: str, key: str, props: Props, mandatory: bool
     ) -> None:
-        """Negatively acknowledge deliveries."""
-        self._check()
-        self._core.nack(self.number, delivery_tag, multiple=multiple, requeue=requeue)
-        self._connection._wake_writer()
-
-    def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
-        """Reject one delivery."""
-        self._check()
-        self._core.reject(self.number, delivery_tag, requeue=requeue)
-        self._connection._wake_writer()
-
-    async def basic_publish(
-        self,
-        body: bytes,
-        *,
-        exchange: str = "",
-        routing_key: str = "",
-        properties: Properties | None = None,
-        mandatory: bool = False,
-    ) -> None:
-        """Publish a message.
-
-        On a confirm channel this returns once the broker confirmed the message; many
-        publishes from concurrent tasks are pipelined. While the broker has blocked the
-        connection, or too much is unsent, it waits first.
-
-        Raises:
-            MessageReturned: ``mandatory`` and nothing could route it (an ``UnroutableError``).
-            PublishNacked: the broker nacked it.
-            ChannelClosed: the channel closed before the confirm.
-
-        Cancellation: cancelled before the message is queued, nothing was sent; cancelled
-        while waiting for the confirm, the message stays published and the confirm is
-        ignored.
-        """
         connection = self._connection
         if connection._core.blocked or connection._core.bytes_to_send > WRITE_HIGH_WATER:
             await connection._wait_writable()
-        self._check()
-        tag = self._core.publish(
-            self.number, exchange, routing_key, body, properties, mandatory=mandatory
-        )
-        connection._wake_writer()
+        tag = self._send_publish(body, exchange, key, props, mandatory)
         if tag is None:
             return
         slot = _Slot()
@@ -873,48 +552,30 @@ class Channel:
                 self._confirms.pop(tag, None)
                 self._returned.pop(tag, None)
 
-    def publish_nowait(
-        self,
-        body: bytes,
-        *,
-        exchange: str = "",
-        routing_key: str = "",
-        properties: Properties | None = None,
-        mandatory: bool = False,
-        on_confirm: Callable[[BaseException | None], object],
+    def _publish_nowait(
+        self, body: Body, exchange: str, key: str, props: Props, mandatory: bool, done: OnConfirm
     ) -> None:
-        """Queue a message and return at once; ``on_confirm(error)`` runs when the broker
-        confirmed it (``error`` None) or did not (``PublishNacked``, ``MessageReturned``, or
-        the ``ChannelClosed`` that ended the channel first). Without confirm mode it is
-        called at once. The callback runs in the connection's reader: keep it short.
-
-        Raises:
-            anyio.WouldBlock: the broker has blocked the connection, or too much is unsent
-                (use :meth:`basic_publish`, which waits).
-            ChannelClosed: the channel is closed.
-            ProtocolError: the message is too large, or its properties do not fit a frame.
-        """
         connection = self._connection
         if connection._core.blocked or connection._core.bytes_to_send > WRITE_HIGH_WATER:
             raise anyio.WouldBlock
-        self._check()
-        tag = self._core.publish(
-            self.number, exchange, routing_key, body, properties, mandatory=mandatory
-        )
-        connection._wake_writer()
+        tag = self._send_publish(body, exchange, key, props, mandatory)
         if tag is None:
-            on_confirm(None)
+            done(None)
         else:
-            self._confirms[tag] = _CallbackSlot(on_confirm)
+            self._confirms[tag] = _CallbackSlot(done)
 
-    async def flow(self, active: bool) -> bool:
-        """Ask the broker to pause or resume deliveries (``Channel.Flow``)."""
-        reply = await self._call(commands.Channel.Flow(active=active))
-        assert isinstance(reply, commands.Channel.FlowOk)
-        return bool(reply.active)
+    def _send_publish(
+        self, body: Body, exchange: str, key: str, props: Props, mandatory: bool
+    ) -> int | None:
+        """Queue the message for the writer; its publish sequence number on a confirm channel."""
+        self._check()
+        if isinstance(body, bytearray | memoryview):
+            body = bytes(body)  # a copy: what is sent is the body as it was at the call
+        tag = self._core.publish(self.number, exchange, key, body, props, mandatory=mandatory)
+        self._connection._wake_writer()
+        return tag
 
     async def aclose(self) -> None:
-        """Close the channel (``Channel.Close``); idempotent, shielded and time-bounded."""
         if self._closed is not None:
             return
         with anyio.CancelScope(shield=True):
@@ -928,72 +589,35 @@ class Channel:
                     await self._closed_event.wait()
             self._on_closed(ChannelClosed(200, "channel closed by the client"))
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class _ChannelOpener:
-    """``conn.channel()``: awaitable, and an async context manager that closes the channel."""
-
-    def __init__(
-        self, connection: Connection, publisher_confirms: bool, prefetch: int | None
-    ) -> None:
-        self._connection = connection
-        self._confirms = publisher_confirms
-        self._prefetch = prefetch
-        self._channel: Channel | None = None
-
-    async def _open(self) -> Channel:
-        return await self._connection._open_channel(self._confirms, self._prefetch)
-
-    def __await__(self) -> Generator[Any, None, Channel]:
-        return self._open().__await__()
-
-    async def __aenter__(self) -> Channel:
-        self._channel = await self._open()
-        return self._channel
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._channel is not None:
-            await self._channel.aclose()
+def _new_core(params: ConnectionParameters) -> AMQPConnection:
+    """The sans-I/O core for one attempt to connect with ``params``."""
+    return AMQPConnection(
+        params.username,
+        params.password,
+        params.virtual_host,
+        heartbeat=params.heartbeat,
+        frame_max=params.frame_max,
+        channel_max=params.channel_max,
+        auth_mechanisms=params.auth_mechanisms,
+        connection_name=params.connection_name,
+        version=__version__,
+        max_message_size=params.max_message_size,
+    )
 
 
-class Connection:
+class Connection(interface.Connection["Channel"]):
     """An open AMQP connection. Get one with ``async with kiwi_anyio.protocol.connect(url)``.
+
+    The methods of :class:`kiwi_anyio.channel.Connection`, and what only RabbitMQ has.
 
     Attributes:
         params: the connection parameters (the password is not in their repr).
-        server_properties: the broker's properties (``product``, ``version``, ``platform``,
-            ``capabilities`` …).
     """
 
     def __init__(self, params: ConnectionParameters) -> None:
         self.params = params
-        self._core = AMQPConnection(
-            params.username,
-            params.password,
-            params.virtual_host,
-            heartbeat=params.heartbeat,
-            frame_max=params.frame_max,
-            channel_max=params.channel_max,
-            auth_mechanisms=params.auth_mechanisms,
-            connection_name=params.connection_name,
-            version=__version__,
-            max_message_size=params.max_message_size,
-        )
+        self._core = _new_core(params)
         self._stream: anyio.abc.ByteStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._background: anyio.CancelScope | None = None  # the reader, writer and heartbeats
@@ -1020,12 +644,10 @@ class Connection:
 
     @property
     def is_open(self) -> bool:
-        """True from the end of the handshake until the connection closes or fails."""
         return self._core.is_open and self._failure is None
 
     @property
     def is_blocked(self) -> bool:
-        """True while the broker has blocked publishing (``Connection.Blocked``)."""
         return self._core.blocked
 
     @property
@@ -1045,7 +667,6 @@ class Connection:
 
     @property
     def failure(self) -> AMQPError | None:
-        """Why the connection failed, or None."""
         return self._failure
 
     def _check(self) -> None:
@@ -1055,21 +676,9 @@ class Connection:
             raise ConnectionClosed(200, "the connection is closed")
 
     async def wait_closed(self) -> None:
-        """Wait until the connection is closed or has failed."""
         await self._closed_event.wait()
 
     # ------------------------------------------------------------ channels
-
-    def channel(
-        self, *, publisher_confirms: bool = False, prefetch_count: int | None = None
-    ) -> _ChannelOpener:
-        """Open a channel: ``async with conn.channel() as ch:`` (or ``ch = await conn.channel()``).
-
-        Args:
-            publisher_confirms: put the channel in confirm mode.
-            prefetch_count: apply ``basic_qos(prefetch_count)`` right away.
-        """
-        return _ChannelOpener(self, publisher_confirms, prefetch_count)
 
     async def _open_channel(self, publisher_confirms: bool, prefetch: int | None) -> Channel:
         self._check()
@@ -1402,25 +1011,11 @@ class Connection:
                     errors.append(f"{address.host}:{address.port}: {_describe(exc)}")
             except ProtocolError as exc:
                 errors.append(f"{address.host}:{address.port}: protocol error: {exc}")
-            self._core = AMQPConnection(
-                params.username,
-                params.password,
-                params.virtual_host,
-                heartbeat=params.heartbeat,
-                frame_max=params.frame_max,
-                channel_max=params.channel_max,
-                auth_mechanisms=params.auth_mechanisms,
-                connection_name=params.connection_name,
-                version=__version__,
-                max_message_size=params.max_message_size,
-            )
+            self._core = _new_core(params)
         raise ConnectionFailed(f"cannot connect to {params.redacted_url()}: " + "; ".join(errors))
 
     async def aclose(self) -> None:
-        """Close the connection gracefully; idempotent, shielded and time-bounded.
-
-        No ``CloseOk`` is awaited when the broker blocked the connection or it already failed.
-        """
+        # No CloseOk is awaited when the broker blocked the connection or it already failed.
         if self._closing:
             return
         self._closing = True
