@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -554,10 +555,14 @@ def _add_worker(sub: Any, command: Any) -> None:
         "processes, each with its own connection, and restarts one that dies (with backoff). "
         "The URL is --url, else $KIWI_ANYIO_URL, else the app's.",
     )
+    worker.description = textwrap.fill(worker.description, 88, break_on_hyphens=False)
     worker.epilog = (
-        "Exit codes: 0 stopped cleanly, 1 the app failed (a startup hook raised), 2 usage "
-        "(bad URL, an app path that does not import), 3 cannot connect (broker unreachable, "
-        "login refused), 130 stopped at once by a second signal."
+        "Exit codes:\n"
+        "  0    stopped cleanly (after a signal, or the app stopped)\n"
+        "  1    the app failed: a startup hook raised\n"
+        "  2    usage: bad URL, an app path that does not import, memory://\n"
+        "  3    cannot connect: broker unreachable, login or virtual host refused\n"
+        "  130  stopped at once by a second signal"
     )
     worker.add_argument("app", metavar="APP", help="the app: module:attribute (e.g. tasks:app)")
     worker.add_argument(

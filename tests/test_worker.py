@@ -273,6 +273,27 @@ async def test_sigterm_lets_running_tasks_finish_and_requeues_the_rest(setup: Se
     assert await later.exit_code() == 0
 
 
+async def test_sigterm_under_load_loses_nothing_and_does_nothing_twice(setup: Setup) -> None:
+    worker = setup.start("--workers", "2", WORKER_TEST_PREFETCH="5")
+    with anyio.fail_after(60):
+        async with kiwi_anyio.connect(setup.url, **setup.options()) as comm:
+            tasks = comm.task_queue(setup.queue)
+            futures = [await tasks.task_send({"id": i, "sleep": 0.05}) for i in range(300)]
+            while len(setup.done()) < 60:  # in the middle of the load
+                await anyio.sleep(0.01)
+            worker.signal(signal.SIGTERM)
+            assert await worker.exit_code() == 0
+            first = setup.done()
+            assert sorted(first) == sorted(setup.started())  # every started task finished
+            assert 60 <= len(first) < 300
+            later = setup.start(WORKER_TEST_FAST="1", WORKER_TEST_PREFETCH="50")
+            results = [await future for future in futures if future is not None]
+    assert [r["id"] for r in results] == list(range(300))
+    assert setup.done() == Counter(range(300))
+    later.signal(signal.SIGTERM)
+    assert await later.exit_code() == 0
+
+
 async def test_a_second_signal_exits_at_once_and_the_tasks_are_redelivered(setup: Setup) -> None:
     worker = setup.start("--workers", "2", "--drain-timeout", "60")
     await worker.wait_for("serving on", 20)
@@ -406,6 +427,16 @@ def test_usage_errors_exit_2(args: list[str], message: str) -> None:
     result = run_worker("tests.worker_app:app", *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+
+
+def test_a_failing_startup_hook_exits_1_with_its_traceback_logged(broker_url: str) -> None:
+    result = run_worker("tests.worker_app:broken_app", "--url", broker_url)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "no_database" in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last == (
+        "kiwi-anyio: error: worker-test-broken failed: RuntimeError: the database is down"
+    )
 
 
 def test_rpc_subscribers_need_a_single_process(broker_url: str) -> None:
