@@ -619,7 +619,8 @@ def _add_worker(sub: Any, command: Any) -> None:
         type=float,
         default=5.0,
         metavar="SECONDS",
-        help="how often the health file is rewritten (default: 5)",
+        help="how often the health file is rewritten; a worker process that was silent for "
+        "3 times this long (a blocked event loop) is unhealthy (default: 5)",
     )
     worker.add_argument("--supervised-fd", type=int, default=None, help=argparse.SUPPRESS)
     worker.set_defaults(run=None)
@@ -687,6 +688,7 @@ def _worker(args: argparse.Namespace) -> int:
                 drain_timeout=args.drain_timeout,
                 log_level=args.log_level,
                 log_format=args.log_format,
+                health_interval=args.health_interval,
             )
             return supervise(config, health)
         run_in_process(
@@ -696,6 +698,9 @@ def _worker(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             health=health,
             supervised_fd=args.supervised_fd,
+            report_every=WorkerConfig(
+                app="", url="", health_interval=args.health_interval
+            ).report_every,
         )
         return EXIT_OK
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,10 @@ RESTART_FIRST_DELAY = 0.5
 RESTART_MAX_DELAY = 30.0
 #: How long children get to exit after ``kill`` before they get SIGKILL.
 KILL_GRACE = 3.0
+#: A supervised child reports its status every ``health_interval / 2`` seconds (at most
+#: this often) and is unhealthy ("unresponsive": a blocked event loop?) after a silence of
+#: ``3 * health_interval`` (at least 1 s).
+CHILD_REPORT_MAX_EVERY = 2.0
 
 
 class AppLoadError(Exception):
@@ -293,8 +298,12 @@ def run_in_process(
     drain_timeout: float | None = None,
     health: HealthReporter | None = None,
     supervised_fd: int | None = None,
+    report_every: float = CHILD_REPORT_MAX_EVERY,
 ) -> None:
     """Serve ``app`` in this process until a signal (see the module's docstring).
+
+    ``supervised_fd`` is the socket to a supervisor, told the status every ``report_every``
+    seconds.
 
     Raises:
         ConnectionFailed: the broker cannot be reached or refused the login.
@@ -302,7 +311,9 @@ def run_in_process(
     """
     channel = socket.socket(fileno=supervised_fd) if supervised_fd is not None else None
     try:
-        anyio.run(_in_process, app, url, drain_timeout, health, channel, backend=backend)
+        anyio.run(
+            _in_process, app, url, drain_timeout, health, channel, report_every, backend=backend
+        )
     except BaseExceptionGroup as group:
         raise _leaf(group) from None
     finally:
@@ -324,6 +335,7 @@ async def _in_process(
     drain_timeout: float | None,
     health: HealthReporter | None,
     channel: socket.socket | None,
+    report_every: float,
 ) -> None:
     def report(status: AppStatus) -> None:
         if health is not None:
@@ -346,6 +358,7 @@ async def _in_process(
                 tg.start_soon(_watch_signals, signals, app)
                 if channel is not None:
                     tg.start_soon(_watch_supervisor, channel, app)
+                    tg.start_soon(_report_every, report, app, report_every)
                 if health is not None and health.enabled:
                     report(app.status)
                     await tg.start(health.run)
@@ -371,6 +384,13 @@ async def _watch_signals(signals: Any, app: App) -> None:
             app._stop_requested = True  # a stop during the start is seen once connected
         else:
             _exit_now(f"{name} again")
+
+
+async def _report_every(report: Callable[[AppStatus], None], app: App, every: float) -> None:
+    """Tell the supervisor the status now and then: its silence means a blocked loop."""
+    while True:
+        await anyio.sleep(every)
+        report(app.status)
 
 
 async def _watch_supervisor(channel: socket.socket, app: App) -> None:
@@ -411,12 +431,24 @@ class WorkerConfig:
     drain_timeout: float | None = None
     log_level: str = "INFO"
     log_format: str = "text"
+    health_interval: float = 5.0
+
+    @property
+    def report_every(self) -> float:
+        """How often a child reports its status."""
+        return min(CHILD_REPORT_MAX_EVERY, self.health_interval / 2)
+
+    @property
+    def silence_limit(self) -> float:
+        """A child silent this long is unresponsive (unhealthy)."""
+        return max(1.0, 3 * self.health_interval)
 
     def child_command(self, fd: int) -> list[str]:
         """The command line of a supervised child."""
         command = [sys.executable, "-m", "kiwi_anyio", "worker", self.app, "--workers", "1"]
         command += ["--url", self.url, "--backend", self.backend]
         command += ["--log-level", self.log_level, "--log-format", self.log_format]
+        command += ["--health-interval", str(self.health_interval)]
         if self.drain_timeout is not None:
             command += ["--drain-timeout", str(self.drain_timeout)]
         return [*command, "--supervised-fd", str(fd)]
@@ -430,6 +462,12 @@ class _Child:
     state: str = "stopped"
     connected: bool = False
     restarts: int = 0
+    last_seen: float = 0.0  # time.monotonic() of its last report
+    silence_limit: float = 15.0
+
+    @property
+    def responsive(self) -> bool:
+        return time.monotonic() - self.last_seen < self.silence_limit
 
     def send(self, line: str) -> None:
         if self.channel is not None:
@@ -438,10 +476,13 @@ class _Child:
 
     def describe(self) -> dict[str, Any]:
         pid = self.process.pid if self.process is not None else None
+        state = self.state
+        if state != "stopped" and not self.responsive:
+            state = "unresponsive"
         return {
             "worker": self.index,
             "pid": pid,
-            "state": self.state,
+            "state": state,
             "connected": self.connected,
             "restarts": self.restarts,
         }
@@ -461,7 +502,7 @@ class _Supervisor:
     def report(self) -> None:
         if self.health is None:
             return
-        healthy = all(c.state == "running" and c.connected for c in self.children)
+        healthy = all(c.state == "running" and c.connected and c.responsive for c in self.children)
         self.health.update(healthy, pid=os.getpid(), workers=[c.describe() for c in self.children])
 
     def stop(self, forced: bool = False) -> None:
@@ -487,13 +528,14 @@ def supervise(config: WorkerConfig, health: HealthReporter | None = None) -> int
 
 async def _supervise(config: WorkerConfig, health: HealthReporter | None) -> int:
     state = _Supervisor(config, health)
-    state.children = [_Child(i) for i in range(config.workers)]
+    state.children = [_Child(i, silence_limit=config.silence_limit) for i in range(config.workers)]
     state.report()
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_supervisor_signals, signals, state)
             if health is not None and health.enabled:
                 await tg.start(health.run)
+                tg.start_soon(_refresh_health, state)
             logger.info(
                 "supervisor (pid %d): starting %d workers of %s",
                 os.getpid(),
@@ -510,6 +552,13 @@ async def _supervise(config: WorkerConfig, health: HealthReporter | None) -> int
         return EXIT_FORCED
     logger.info("supervisor: every worker stopped")
     return EXIT_OK
+
+
+async def _refresh_health(state: _Supervisor) -> None:
+    """Report again every second, so that a child that fell silent turns unhealthy."""
+    while True:
+        await anyio.sleep(1.0)
+        state.report()
 
 
 async def _supervisor_signals(signals: Any, state: _Supervisor) -> None:
@@ -581,6 +630,7 @@ async def _run_child(state: _Supervisor, child: _Child) -> int:
         theirs.close()
     child.process, child.channel = process, ours
     child.state, child.connected = "starting", False
+    child.last_seen = time.monotonic()
     if state.stopping.is_set():  # the stop came while the child was being started
         child.send("kill" if state.forced else "stop")
     state.report()
@@ -634,6 +684,7 @@ async def _read_child(state: _Supervisor, child: _Child, channel: socket.socket)
             line, buffer = buffer.split(b"\n", 1)
             words = line.decode(errors="replace").split()
             if len(words) == 3 and words[0] == "status":
+                child.last_seen = time.monotonic()
                 child.state, child.connected = words[1], words[2] == "1"
                 if child.state == "running":
                     state.ever_ready = True

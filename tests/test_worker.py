@@ -346,6 +346,21 @@ async def test_a_crashed_or_killed_child_is_restarted(setup: Setup) -> None:
     assert await worker.exit_code() == 0
 
 
+async def test_a_child_whose_event_loop_is_blocked_turns_unhealthy(setup: Setup) -> None:
+    port = free_port()
+    worker = setup.start("--workers", "2", "--health-port", str(port), "--health-interval", "0.5")
+    await wait_health(port, 200)
+    with anyio.fail_after(60):
+        async with kiwi_anyio.connect(setup.url, **setup.options()) as comm:
+            future = await comm.task_queue(setup.queue).task_send({"id": 0, "block": 4})
+            report = await wait_health(port, 503)
+            assert sorted(w["state"] for w in report["workers"]) == ["running", "unresponsive"]
+            assert future is not None and (await future)["id"] == 0
+            await wait_health(port, 200)
+    worker.signal(signal.SIGTERM)
+    assert await worker.exit_code() == 0
+
+
 async def test_health_follows_the_link_to_the_broker(setup: Setup) -> None:
     port = free_port()
     health_file = setup.tmp / "health.json"

@@ -7,7 +7,8 @@ Configured from the environment (each test has its own names):
 * ``WORKER_TEST_LOG``: a file that gets a line ``start ID PID`` and ``done ID PID`` per task;
 * ``WORKER_TEST_FAST``: if set, tasks do not sleep (for the worker that finishes the rest).
 
-A task is ``{"id": ID, "sleep": SECONDS, "crash": PATH}``: it sleeps, and with ``crash`` the
+A task is ``{"id": ID, "sleep": SECONDS, "block": SECONDS, "crash": PATH}``: it sleeps (or
+blocks the event loop), and with ``crash`` the
 first process to run it creates PATH and dies with ``os._exit(1)`` (the redelivery then runs
 normally). The result is ``{"id": ID, "pid": PID}``.
 """
@@ -15,6 +16,7 @@ normally). The result is ``{"id": ID, "pid": PID}``.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,11 @@ def _log(what: str, ident: Any) -> None:
             out.write(f"{what} {ident} {os.getpid()}\n")
 
 
+def _block(seconds: float) -> None:
+    """Block the event loop (as a handler that calls blocking code from ``async def``)."""
+    time.sleep(seconds)
+
+
 def _crash_once(marker: Path) -> None:
     """Die (as a crashing handler would) unless ``marker`` says some process did already."""
     if not marker.exists():
@@ -59,6 +66,8 @@ async def work(_comm: Any, task: dict[str, Any]) -> dict[str, Any]:
     _log("start", ident)
     if task.get("crash"):
         _crash_once(Path(task["crash"]))
+    if task.get("block"):
+        _block(float(task["block"]))
     if task.get("sleep") and not FAST:
         await anyio.sleep(float(task["sleep"]))
     _log("done", ident)
@@ -85,3 +94,12 @@ async def echo(_comm: Any, msg: Any) -> Any:
 def make_app() -> kiwi_anyio.App:
     """A factory: ``tests.worker_app:make_app`` serves ``app``."""
     return app
+
+
+#: an app whose startup hook fails (the worker exits 1)
+broken_app = kiwi_anyio.App(name="worker-test-broken", **options())
+
+
+@broken_app.on_startup
+async def no_database() -> None:
+    raise RuntimeError("the database is down")
