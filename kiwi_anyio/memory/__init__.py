@@ -1,10 +1,9 @@
 """An in-process message broker: ``kiwi_anyio.connect("memory://")``.
 
 For tests, demos and single-process applications: no RabbitMQ, no sockets, no threads. It
-offers the part of :mod:`kiwi_anyio.protocol.client` the
-:class:`~kiwi_anyio.Communicator` uses (:func:`connect` gives a :class:`MemoryConnection`,
-whose channels have the same method names and signatures as
-:class:`~kiwi_anyio.protocol.Channel`), with RabbitMQ's observable semantics::
+implements the channel interface of :mod:`kiwi_anyio.channel`, as
+:mod:`kiwi_anyio.protocol.client` does for RabbitMQ (:func:`connect` gives a
+:class:`MemoryConnection`), with RabbitMQ's observable semantics::
 
     async with kiwi_anyio.memory.connect("demo") as conn:
         async with conn.channel(publisher_confirms=True) as ch:
@@ -48,6 +47,8 @@ What it does as RabbitMQ does:
   consumers unlimited); ``basic_get`` ignores prefetch;
 * a queue that is neither durable nor exclusive is refused with 541 INTERNAL_ERROR, as
   RabbitMQ 4.3 does by default (deprecated feature ``transient_nonexcl_queues``);
+* a message body over 16 MiB (RabbitMQ 4's default ``max_message_size``) is refused with 406
+  PRECONDITION_FAILED ("message size N is larger than configured max size M");
 * ``nack``/``reject`` with requeue, a cancelled consumer's undelivered buffer, and every
   unacknowledged message of a closed channel or connection go back to their queue at their
   original position (in front of every message never delivered), flagged ``redelivered``;
@@ -65,7 +66,8 @@ Where it differs from RabbitMQ:
 * An unknown delivery tag in ``basic_ack``/``basic_nack``/``basic_reject`` raises
   :class:`~kiwi_anyio.ChannelClosed` (406) right away instead of only closing the channel.
 * Errors RabbitMQ treats as connection errors (an unknown exchange type, 503; a reused
-  consumer tag, 530; ``prefetch_size``, 540) close only the channel here.
+  consumer tag, 530; ``prefetch_size``, 540; a transient non-exclusive queue on RabbitMQ 4.3,
+  541) close only the channel here.
 * Ignored arguments (accepted and compared on redeclare, without effect): message and queue
   TTLs (``x-message-ttl``, ``x-expires``, the ``expiration`` property), length limits,
   dead-lettering (a message nacked without requeue is dropped), priorities,
@@ -76,6 +78,11 @@ Where it differs from RabbitMQ:
   another name). Once every connection closed, another loop may use it.
 * Bodies are copied (as ``bytes``) at publish; ``Basic.Properties`` objects are shared between
   the publisher and every delivery, so treat them as immutable.
+
+The package: ``_model`` is the broker itself (exchanges, queues, routing, dispatch; no anyio),
+``_client`` the connections, channels, consumers and messages on :mod:`kiwi_anyio.channel`'s
+interface over it. This module owns the registry of named brokers (:func:`connect`,
+:func:`reset`) and must not touch a broker's state or a channel's.
 """
 
 from __future__ import annotations
