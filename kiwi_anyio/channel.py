@@ -37,6 +37,7 @@ the broker, and nothing here does I/O of its own.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Generator, Mapping
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, Self
@@ -74,12 +75,36 @@ ConsumerT_co = TypeVar(
     "ConsumerT_co", bound="Consumer[Any]", covariant=True, default="Consumer[Message]"
 )
 T = TypeVar("T")
-ChannelT_co = TypeVar(
-    "ChannelT_co", bound="Channel[Any, Any]", covariant=True, default="Channel[Message, Any]"
-)
+ChannelT_co = TypeVar("ChannelT_co", bound="Channel[Any, Any]", covariant=True, default="Channel")
 
 
-class Message(Protocol):
+def _share_docstrings(cls: type) -> None:
+    """Give each member ``cls`` defines without a docstring the one of the member it overrides,
+    so that ``help()`` and the API reference show an implementation with the interface's docs."""
+    for name, value in vars(cls).items():
+        function = value.fget if isinstance(value, property) else value
+        if not inspect.isfunction(function) or function.__doc__:
+            continue
+        for base in cls.__mro__[1:]:
+            doc = getattr(vars(base).get(name), "__doc__", None)
+            if doc:
+                function.__doc__ = doc
+                if isinstance(value, property):
+                    value.__doc__ = doc
+                break
+
+
+class _SharedDocstrings(Protocol):
+    """Base of the interface protocols: their subclasses get the docstrings they leave out."""
+
+    __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _share_docstrings(cls)
+
+
+class Message(_SharedDocstrings, Protocol):
     """A message received with :meth:`Channel.basic_consume` or :meth:`Channel.basic_get`.
 
     Attributes:
@@ -163,7 +188,7 @@ class Message(Protocol):
         )
 
 
-class Consumer(Protocol[MessageT_co]):
+class Consumer(_SharedDocstrings, Protocol[MessageT_co]):
     """An async iterator of :class:`Message` for one ``Basic.Consume``.
 
     Use it as an async context manager: leaving the block cancels the consumer on the broker
@@ -212,7 +237,7 @@ class Consumer(Protocol[MessageT_co]):
     async def __anext__(self) -> MessageT_co: ...
 
 
-class Channel(Protocol[MessageT_co, ConsumerT_co]):
+class Channel(_SharedDocstrings, Protocol[MessageT_co, ConsumerT_co]):
     """An AMQP channel. Get one with ``async with conn.channel() as ch:``.
 
     Method names follow AMQP as pika and aiormq spell them. Synchronous methods are
@@ -601,7 +626,7 @@ def drain(stream: MemoryObjectReceiveStream[T]) -> list[T]:
             return items
 
 
-class Connection(Protocol[ChannelT_co]):
+class Connection(_SharedDocstrings, Protocol[ChannelT_co]):
     """An open connection to a broker (RabbitMQ, or the memory broker).
 
     Attributes:

@@ -5,7 +5,13 @@ Two layers:
 * the sans-I/O core, :class:`AMQPConnection` (bytes in → :mod:`events <.events>` out,
   commands in → bytes out), tested without a socket;
 * the anyio driver, :func:`connect`, giving :class:`Connection` and :class:`Channel` with
-  method names as pika and aiormq spell them (``queue_declare``, ``basic_publish`` …).
+  method names as pika and aiormq spell them (``queue_declare``, ``basic_publish`` …): the
+  RabbitMQ implementation of the channel interface :mod:`kiwi_anyio.channel` (where their
+  methods are documented).
+
+Nothing here imports the Communicator or the package root; the one way up is
+:class:`~kiwi_anyio.MessageReturned`, which :mod:`kiwi_anyio.exceptions` derives from kiwiPy's
+``UnroutableError`` (so ``except UnroutableError`` catches a returned message).
 """
 
 from __future__ import annotations
