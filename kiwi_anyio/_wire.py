@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .exceptions import RemoteException, UndecodableMessage
+from .exceptions import RemoteException, TaskDeadLettered, UndecodableMessage
 
 MESSAGE_EXCHANGE: Final = "kiwipy.messages"
 TASK_EXCHANGE: Final = "kiwipy.tasks"
@@ -134,7 +134,9 @@ def parse_reply(reply: Any) -> tuple[object, Any]:
     if EXCEPTION_KEY in reply:
         remote_type = reply.get(EXCEPTION_TYPE_KEY)
         remote_tb = reply.get(TRACEBACK_KEY)
-        return EXCEPTION_KEY, RemoteException(
+        # a task set aside as poison comes back as its own type (a RemoteException too)
+        cls = TaskDeadLettered if remote_type == TaskDeadLettered.__name__ else RemoteException
+        return EXCEPTION_KEY, cls(
             reply[EXCEPTION_KEY],
             remote_type if isinstance(remote_type, str) else None,
             remote_tb if isinstance(remote_tb, str) else None,

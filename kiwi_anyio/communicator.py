@@ -36,12 +36,14 @@ import anyio
 import anyio.abc
 
 from . import _wire as wire
+from . import typed
 from ._pending import DEFAULT, Timeout
 from .codecs import YAML, Codec, codec_from_functions, decoder_for
 from .exceptions import AMQPError, CommunicatorClosed
 from .futures import Future
 from .hooks import Hooks
 from .patterns.broadcast import Broadcasts
+from .patterns.redelivery import DEFAULT_MAX_DELIVERIES
 from .patterns.requests import Requests
 from .patterns.rpc import Rpc
 from .patterns.serving import Serving, Subscriber
@@ -63,6 +65,13 @@ DEFAULT_URL: Final = "amqp://guest:guest@127.0.0.1/"
 DEFAULT_TASK_PREFETCH: Final = 1
 DEFAULT_RPC_PREFETCH: Final = 256
 DEFAULT_LOST_REPLY_GRACE: Final = 30.0  # seconds a reply that may be lost is still awaited
+
+
+class _Unset:
+    """An option not given (``None`` means something)."""
+
+
+_UNSET: Final = _Unset()
 
 
 class Communicator:
@@ -105,6 +114,10 @@ class Communicator:
             (seconds): a future with no reply by then fails with
             :class:`~kiwi_anyio.RequestTimeout`. ``None`` (the default, as kiwiPy): wait
             until the reply comes, the request is known lost, or the communicator closes.
+        task_max_deliveries: deliveries of one task without an answer before it is moved to
+            its queue's dead-letter queue (``<queue>.dead-letters``) and its sender gets
+            :class:`~kiwi_anyio.TaskDeadLettered` (default 10; ``None``: no limit, kiwiPy's
+            behaviour). See ``docs/failures.md``.
         lost_reply_grace: once a request's reply may have been lost (the reply queue was
             gone after a reconnection; the broker restarted while an RPC call was waiting),
             how long its future stays open for a reply that may still come, before it fails
@@ -143,6 +156,7 @@ class Communicator:
         drain_timeout: float = 0.0,
         request_timeout: float | None = None,
         lost_reply_grace: float = DEFAULT_LOST_REPLY_GRACE,
+        task_max_deliveries: int | None = DEFAULT_MAX_DELIVERIES,
         ssl_context: Any = None,
         **connection_options: Any,
     ) -> None:
@@ -177,6 +191,7 @@ class Communicator:
         self.blocking_backend = blocking_backend
         self.drain_timeout = drain_timeout
         self.request_timeout = request_timeout
+        self.task_max_deliveries = task_max_deliveries
         #: the seam every publish and delivery passes (see :mod:`kiwi_anyio.hooks`)
         self.hooks = Hooks()
         self._link = link = Link(
@@ -209,6 +224,7 @@ class Communicator:
             requests,
             serving,
             codec,
+            publisher,
             exchange=task_exchange,
             testing_mode=testing_mode,
             queue_type=queue_type,
@@ -432,13 +448,28 @@ class Communicator:
         name: str,
         prefetch_count: int | None = None,
         prefetch_size: int = 0,
+        *,
+        max_deliveries: int | _Unset | None = _UNSET,
     ) -> TaskQueue:
-        """A task queue on the task exchange (declared durable on first use)."""
+        """A task queue on the task exchange (declared durable on first use).
+
+        Args:
+            name: the queue.
+            prefetch_count: tasks a subscriber handles at once (default: the
+                communicator's ``task_prefetch_count``).
+            prefetch_size: byte limit of unacknowledged tasks (0: none).
+            max_deliveries: deliveries of one task without an answer (its workers died,
+                or it raised :class:`~kiwi_anyio.Retry`) before it is dead-lettered
+                (default: the communicator's ``task_max_deliveries``; ``None``: no limit).
+
+        The first call for a name fixes its options; later calls return the same queue.
+        """
         self._link.check_open()
         return self._tasks.queue(
             name,
             self.task_prefetch_count if prefetch_count is None else prefetch_count,
             prefetch_size,
+            self.task_max_deliveries if isinstance(max_deliveries, _Unset) else max_deliveries,
         )
 
     def _default_queue(self) -> TaskQueue:
@@ -515,7 +546,7 @@ class Communicator:
         ``concurrent.futures.CancelledError``.
         """
         self._entered("rpc_send")
-        return self._rpc.send(recipient_id, msg, timeout=timeout)
+        return self._rpc.send(recipient_id, typed.to_plain(msg), timeout=timeout)
 
     def add_rpc_subscriber(
         self, subscriber: Subscriber, identifier: str | None = None
@@ -530,7 +561,7 @@ class Communicator:
         Cancellation: the subscriber is not added.
         """
         self._entered("add_rpc_subscriber")
-        return self._rpc.add(subscriber, identifier)
+        return self._rpc.add(typed.adapt_subscriber(subscriber, "rpc"), identifier)
 
     async def remove_rpc_subscriber(self, identifier: str) -> None:
         """Remove an RPC subscriber (and delete its queue).
@@ -563,7 +594,7 @@ class Communicator:
         Cancellation: the broadcast may or may not have been sent.
         """
         self._entered("broadcast_send")
-        return self._broadcasts.send(body, sender, subject, correlation_id)
+        return self._broadcasts.send(typed.to_plain(body), sender, subject, correlation_id)
 
     def add_broadcast_subscriber(
         self, subscriber: Subscriber, identifier: str | None = None
@@ -577,7 +608,7 @@ class Communicator:
         Cancellation: the subscriber is not added.
         """
         self._entered("add_broadcast_subscriber")
-        return self._broadcasts.add(subscriber, identifier)
+        return self._broadcasts.add(typed.adapt_subscriber(subscriber, "broadcast"), identifier)
 
     async def remove_broadcast_subscriber(self, identifier: str) -> None:
         """Remove a broadcast subscriber; the last one removed deletes the queue, so no

@@ -21,6 +21,8 @@ The tree::
     │   UnroutableError (also MessageReturned), TaskRejected,
     │   DuplicateSubscriberIdentifier, QueueEmpty, UndecodableMessage
     │   └── InvalidMessage (a RemoteException)  a body failed a typed subscriber's validation
+    ├── TaskDeadLettered (also RemoteException, DeliveryFailed)  a poison task was set aside
+    ├── Retry                          raised by a task subscriber: try the task again later
     ├── RequestLost (also DeliveryFailed)  a request's reply can no longer arrive
     └── RequestTimeout (also TimeoutError) no reply within the request's timeout
 
@@ -52,6 +54,8 @@ __all__ = [
     "RemoteException",
     "RequestLost",
     "RequestTimeout",
+    "Retry",
+    "TaskDeadLettered",
     "TaskRejected",
     "UndecodableContent",
     "UndecodableMessage",
@@ -252,3 +256,25 @@ class InvalidMessage(RemoteException):
     ) -> None:
         super().__init__(message, remote_type, remote_traceback)
         self.errors = tuple(errors)
+
+
+class TaskDeadLettered(RemoteException, DeliveryFailed):
+    """A task was delivered ``max_deliveries`` times without being answered (its workers
+    died, or it asked to be retried that often) and was moved to its queue's dead-letter
+    queue (``<queue>.dead-letters``), where it can be inspected, requeued or purged. The
+    message says why and how often it was tried."""
+
+
+class Retry(KiwiError):
+    """Raised by a task subscriber: put the task back and deliver it again after ``delay``
+    seconds, up to the queue's ``max_deliveries`` (then it is dead-lettered).
+
+    ``raise kiwi_anyio.Retry(delay=0.5)``; the reason (the message) is kept in a header.
+    """
+
+    def __init__(self, message: object = "retry requested", *, delay: float = 0.0) -> None:
+        super().__init__(message)
+        if delay < 0:
+            raise ValueError(f"a retry delay must be >= 0, not {delay!r}")
+        self.delay = delay
+

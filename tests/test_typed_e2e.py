@@ -1,9 +1,7 @@
 """Typed messages and typed remote errors end to end, through a communicator on memory://
 and on RabbitMQ.
 
-The user-visible behaviour of issue #17 with the public API only. The tests marked ``WIRED``
-need kiwi_anyio.typed wired into the communicator (the communicator split, #13): they are strict
-xfails until then, so they fail the suite as soon as they pass (remove the mark then).
+The user-visible behaviour of issue #17 with the public API only.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from kiwi_anyio.typed import unregister_remote_error
 
 pytestmark = pytest.mark.anyio
 
-WIRED = pytest.mark.xfail(reason="wired in by the communicator split (#13)", strict=True)
 TIMEOUT = 10
 
 
@@ -128,7 +125,6 @@ def check_received(model: Any, received: list[Any]) -> None:
 # --------------------------------------------------------------------------- typed messages
 
 
-@WIRED
 @pytest.mark.parametrize("is_async", [True, False], ids=["async", "sync"])
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
 async def test_a_task_round_trip_with_a_model(
@@ -144,7 +140,6 @@ async def test_a_task_round_trip_with_a_model(
     check_received(model, received)
 
 
-@WIRED
 @pytest.mark.parametrize("is_async", [True, False], ids=["async", "sync"])
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
 async def test_an_rpc_round_trip_with_a_model(
@@ -159,7 +154,6 @@ async def test_an_rpc_round_trip_with_a_model(
     check_received(model, received)
 
 
-@WIRED
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
 async def test_a_typed_broadcast_subscriber(connect: Callable[[], Any], model: Any) -> None:
     received: list[Any] = []
@@ -181,7 +175,6 @@ async def test_a_typed_broadcast_subscriber(connect: Callable[[], Any], model: A
     check_received(model, received)
 
 
-@WIRED
 @pytest.mark.parametrize("model", [PydanticOrder, MsgspecOrder, DataclassOrder], ids=MODEL_IDS[:3])
 async def test_the_wire_carries_plain_data(connect: Callable[[], Any], model: Any) -> None:
     """A subscriber that asks for no type (as a kiwiPy peer) gets a dict from a model sender."""
@@ -216,7 +209,6 @@ VALIDATIONS: list[Any] = []
 COUNT_LOCK = threading.Lock()
 
 
-@WIRED
 async def test_an_invalid_task_gives_invalid_message_and_is_not_redelivered(
     connect: Callable[[], Any],
 ) -> None:
@@ -245,7 +237,6 @@ async def test_an_invalid_task_gives_invalid_message_and_is_not_redelivered(
     assert VALIDATIONS == [{"quantity": "many"}, {"quantity": 2}]
 
 
-@WIRED
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
 async def test_an_invalid_rpc_gives_invalid_message_naming_the_field(
     connect: Callable[[], Any], model: Any
@@ -302,7 +293,6 @@ async def raise_out_of_stock(comm: Any, msg: Any) -> None:
     raise OutOfStock(msg, 2)
 
 
-@WIRED
 @pytest.mark.parametrize("via", ["task", "rpc"])
 async def test_a_registered_error_comes_back_as_its_type(
     connect: Callable[[], Any], registered: type[OutOfStock], via: str
@@ -355,7 +345,6 @@ def total(comm: Any, order: PydanticOrder) -> PydanticOrder:
     return order.model_copy(update={"quantity": order.quantity + 1})
 
 
-@WIRED
 @pytest.mark.broker
 async def test_a_kiwipy_caller_sends_and_gets_plain_data(broker_url: str) -> None:
     from tests.test_kiwipy_interop import TEST_TIMEOUT, Names, kiwi_comm, kiwipy_peer
@@ -374,7 +363,6 @@ async def test_a_kiwipy_caller_sends_and_gets_plain_data(broker_url: str) -> Non
                 assert reply["message"].startswith("invalid PydanticOrder: quantity: ")
 
 
-@WIRED
 @pytest.mark.broker
 async def test_a_model_sent_to_a_kiwipy_worker_arrives_as_a_dict(broker_url: str) -> None:
     from tests.test_kiwipy_interop import TEST_TIMEOUT, Names, kiwi_comm, kiwipy_peer

@@ -31,6 +31,7 @@ import anyio
 import anyio.to_thread
 
 from .. import _wire as wire
+from .. import typed
 from ..codecs import Codec, decoder_for
 from ..exceptions import (
     AMQPError,
@@ -183,11 +184,13 @@ class Serving:
 
     def encode_reply(self, request: Message, reply: dict[str, Any]) -> tuple[bytes, Properties]:
         """The body and properties of a reply (an exception reply if it cannot be encoded)."""
+        reply, headers = typed.split_reply_headers(reply)
         try:
             body = self._codec.encode(reply)
         except (TypeError, ValueError) as exc:
             body = self._codec.encode(wire.exception_reply(exc))
         properties = Properties(
+            headers=headers,
             content_type=self._codec.content_type,
             correlation_id=request.properties.correlation_id,
             # a task's reply is as durable as the task: it waits out a broker restart in the

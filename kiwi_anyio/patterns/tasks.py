@@ -11,6 +11,7 @@ Communicator (it gets what it needs when created).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import uuid
@@ -21,6 +22,7 @@ from typing import Any, Final, Literal, Self, overload
 import anyio
 
 from .. import _wire as wire
+from .. import typed
 from .._pending import DEFAULT, Timeout
 from ..codecs import Codec
 from ..exceptions import (
@@ -30,6 +32,7 @@ from ..exceptions import (
     KiwiError,
     MessageReturned,
     QueueEmpty,
+    Retry,
     TaskRejected,
     UndecodableMessage,
     UnroutableError,
@@ -38,6 +41,8 @@ from ..futures import Future
 from ..protocol import Channel, Connection, Message
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link
+from ..robust.publisher import Publisher
+from .redelivery import DEFAULT_MAX_DELIVERIES, DeadLetter, DeadLetters, Redelivery, Verdict
 from .requests import Requests
 from .serving import Serving, Subscriber
 
@@ -47,6 +52,7 @@ logger = logging.getLogger("kiwi_anyio.communicator")
 
 REQUEUE_DELAY: Final = 1.0  # seconds before a task every subscriber rejected is requeued
 NEXT_TASK_POLL: Final = 0.05
+ANSWERED_KEEP: Final = 10_000  # answered task ids remembered, against duplicate runs
 
 
 def transient_queues_permitted(server_properties: dict[str, Any]) -> bool:
@@ -77,6 +83,7 @@ class Tasks:
         requests: Requests,
         serving: Serving,
         codec: Codec,
+        publisher: Publisher,
         *,
         exchange: str,
         testing_mode: bool,
@@ -88,6 +95,7 @@ class Tasks:
         self.requests = requests
         self.serving = serving
         self.codec = codec
+        self.publisher = publisher
         self.exchange = exchange
         self.testing_mode = testing_mode
         self.queue_type = queue_type
@@ -96,8 +104,14 @@ class Tasks:
         link.on_new_connection(self._forget)
         link.on_exchange_forgotten(self._forget_exchange)
 
-    def queue(self, name: str, prefetch_count: int, prefetch_size: int) -> TaskQueue:
-        """The task queue ``name`` (one object per name)."""
+    def queue(
+        self,
+        name: str,
+        prefetch_count: int,
+        prefetch_size: int,
+        max_deliveries: int | None = DEFAULT_MAX_DELIVERIES,
+    ) -> TaskQueue:
+        """The task queue ``name`` (one object per name: later options are ignored)."""
         queue = self.queues.get(name)
         if queue is None:
             queue = self.queues[name] = TaskQueue(
@@ -106,6 +120,7 @@ class Tasks:
                 exchange=self.exchange,
                 prefetch_count=prefetch_count,
                 prefetch_size=prefetch_size,
+                max_deliveries=max_deliveries,
             )
         return queue
 
@@ -245,7 +260,7 @@ class IncomingTask:
         if not self.no_reply:
             exc = outcome.exception()
             reply = (
-                wire.exception_reply(exc, with_host=True)
+                typed.attach_error_headers(wire.exception_reply(exc, with_host=True), exc)
                 if exc is not None
                 else wire.result_reply(outcome.result(), with_host=True)
             )
@@ -259,7 +274,11 @@ class TaskQueue:
     """A durable task queue. Get one with :meth:`Communicator.task_queue`.
 
     Tasks are persistent messages; a subscriber handles up to ``prefetch_count`` of them at
-    once, and each is acknowledged only after its result was sent.
+    once, and each is acknowledged only after its result was sent. A task delivered
+    ``max_deliveries`` times without an answer (its workers died) is moved to
+    ``<name>.dead-letters`` and its sender gets :class:`~kiwi_anyio.TaskDeadLettered`
+    (see :mod:`kiwi_anyio.patterns.redelivery`); a subscriber may raise
+    :class:`~kiwi_anyio.Retry` to have the task delivered again later.
     """
 
     def __init__(
@@ -270,9 +289,25 @@ class TaskQueue:
         exchange: str,
         prefetch_count: int,
         prefetch_size: int = 0,
+        max_deliveries: int | None = DEFAULT_MAX_DELIVERIES,
     ) -> None:
         self._tasks = tasks
         self.name = name
+        self.max_deliveries = max_deliveries
+        self._redelivery = Redelivery(
+            tasks.link,
+            tasks.publisher,
+            tasks.serving,
+            queue=name,
+            exchange=exchange,
+            max_deliveries=max_deliveries,
+        )
+        self._dead_letters = DeadLetters(tasks.link, tasks.serving, self._redelivery)
+        # tasks being handled here, by message id: a redelivered copy (its channel was
+        # closed for an acknowledgement timeout) waits for the running one instead of
+        # running twice; and those recently answered, whose copies are only acknowledged
+        self._running: dict[str, anyio.Event] = {}
+        self._answered: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.exchange = exchange
         self.prefetch_count = prefetch_count
         self.prefetch_size = prefetch_size
@@ -352,7 +387,7 @@ class TaskQueue:
         """
         tasks = self._tasks
         tasks.link.check_open()
-        body = await tasks.serving.encode((task, no_reply))
+        body = await tasks.serving.encode((typed.to_plain(task), no_reply))
         try:
             return await tasks.requests.send(
                 body,
@@ -389,6 +424,7 @@ class TaskQueue:
         """
         tasks = self._tasks
         tasks.link.check_open()
+        subscriber = typed.adapt_subscriber(subscriber, "task")
         identifier = identifier or uuid.uuid4().hex
         if identifier in self._subscribers:
             raise DuplicateSubscriberIdentifier(f"task subscriber {identifier!r} already exists")
@@ -438,14 +474,65 @@ class TaskQueue:
                     await self.remove_task_subscriber(ident)
 
     async def _on_task(self, message: Message) -> None:
+        key = message.properties.message_id
+        if key and message.redelivered and await self._seen_here(key, message):
+            return
+        if key:
+            self._running[key] = running = anyio.Event()
+        answered = False
+        try:
+            answered = await self._handle_task(message)
+        finally:
+            if key:
+                running.set()
+                if self._running.get(key) is running:
+                    del self._running[key]
+                if answered:
+                    seen = self._answered
+                    seen[key] = None
+                    if len(seen) > ANSWERED_KEEP:
+                        seen.popitem(last=False)
+
+    async def _seen_here(self, key: str, message: Message) -> bool:
+        """A redelivered task this process is running or has just answered: wait for the
+        running copy, then acknowledge this one without running it again (its reply was
+        sent). True if so."""
+        running = self._running.get(key)
+        if running is None and key not in self._answered:
+            return False
+        logger.warning(
+            "task %s of queue %r was delivered again while this process %s it (was its "
+            "channel closed for an acknowledgement timeout?): not run twice",
+            key,
+            self.name,
+            "runs" if running is not None else "has just answered",
+        )
+        if running is not None:
+            await running.wait()
+        if message.channel.is_open and not message.settled:
+            message.ack()
+        return True
+
+    async def _handle_task(self, message: Message) -> bool:
+        """Handle one delivered task; True once its outcome was sent (and acked)."""
         serving = self._tasks.serving
+        redelivery = self._redelivery
         handed_off = False  # to a confirm callback, which acks
         try:
+            verdict, deliveries = redelivery.verdict(message)
+            if verdict is Verdict.REPUBLISH:
+                await redelivery.republish(message, deliveries)
+                return False
+            if verdict is Verdict.DEAD_LETTER:
+                await redelivery.dead_letter(
+                    message, deliveries, f"delivered {deliveries} times without an answer"
+                )
+                return False
             try:
                 task, no_reply = wire.decode_task(await serving.decode(message))
             except UndecodableMessage as exc:
                 await serving.reject_undecodable(message, exc, self.exchange, with_host=True)
-                return
+                return False
             for subscriber in list(self._subscribers.values()):
                 try:
                     result = await serving.call_and_follow(
@@ -453,21 +540,27 @@ class TaskQueue:
                     )
                 except TaskRejected:
                     continue
+                except Retry as exc:
+                    await redelivery.retry(message, deliveries, exc.delay, str(exc))
+                    return False
                 except concurrent.futures.CancelledError as exc:
                     reply = wire.cancelled_reply(str(exc) or None)
                 except Exception as exc:
                     if no_reply:
                         logger.exception("task subscriber %r raised (no reply wanted)", subscriber)
-                    reply = wire.exception_reply(exc, with_host=True)
+                    reply = typed.attach_error_headers(
+                        wire.exception_reply(exc, with_host=True), exc
+                    )
                 else:
                     reply = wire.result_reply(result, with_host=True)
                 handed_off = await serving.settle(
                     message, None if no_reply else reply, self.exchange
                 )
-                return
-            # nobody took it: give it back, after a pause so it does not spin
+                return True
+            # nobody took it: give it back, after a pause so it does not spin, without
+            # counting this delivery (a rejection is not a failure)
             await anyio.sleep(REQUEUE_DELAY)
-            message.nack(requeue=True)
+            await redelivery.requeue(message, deliveries - 1)
         except KiwiError as exc:  # the link dropped, or the communicator closes
             logger.warning(
                 "task %s on queue %r not settled: %s", message.delivery_tag, self.name, exc
@@ -475,6 +568,7 @@ class TaskQueue:
         finally:
             if not handed_off and not message.settled and message.channel.is_open:
                 message.nack(requeue=True)
+        return False
 
     @asynccontextmanager
     async def next_task(
@@ -524,6 +618,30 @@ class TaskQueue:
             if deadline is not None and anyio.current_time() >= deadline:
                 return None
             await anyio.sleep(NEXT_TASK_POLL)
+
+    @property
+    def dead_letter_queue(self) -> str:
+        """The queue its poison tasks go to: ``<name>.dead-letters``."""
+        return self._redelivery.dead_letters
+
+    async def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
+        """The tasks set aside as poison, oldest first (they stay in the dead-letter queue).
+
+        Cancellation: the messages taken for a look are given back by the broker.
+        """
+        self._tasks.link.check_open()
+        return await self._dead_letters.list(limit)
+
+    async def requeue_dead_letters(self) -> int:
+        """Move every dead letter back to this queue, its delivery count reset; returns how
+        many. Cancellation: the ones moved so far stay moved."""
+        self._tasks.link.check_open()
+        return await self._dead_letters.requeue()
+
+    async def purge_dead_letters(self) -> int:
+        """Delete every dead letter; returns how many."""
+        self._tasks.link.check_open()
+        return await self._dead_letters.purge()
 
     def __aiter__(self) -> _TaskIterator:
         """``async for task in queue``: every task now in the queue, without waiting.
