@@ -639,6 +639,7 @@ def _worker(args: argparse.Namespace) -> int:
     from .worker import (
         AppLoadError,
         HealthReporter,
+        SystemdNotifier,
         WorkerConfig,
         configure_logging,
         load_app,
@@ -668,6 +669,7 @@ def _worker(args: argparse.Namespace) -> int:
         host=args.health_host,
         file=args.health_file,
         interval=args.health_interval,
+        notifier=SystemdNotifier(),
     )
     if args.supervised_fd is not None:
         health = HealthReporter()  # the supervisor serves the health of all its children

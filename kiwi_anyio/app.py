@@ -140,8 +140,6 @@ class App:
         lifespan: Lifespan | None = None,
         **options: Any,
     ) -> None:
-        if "drain_timeout" in options:  # pragma: no cover - caught by the signature
-            raise TypeError("drain_timeout is an App argument")
         self.url = url
         self.name = name or "kiwi-anyio app"
         self.drain_timeout = drain_timeout

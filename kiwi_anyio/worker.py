@@ -48,6 +48,7 @@ __all__ = [
     "EXIT_USAGE",
     "AppLoadError",
     "HealthReporter",
+    "SystemdNotifier",
     "WorkerConfig",
     "configure_logging",
     "load_app",
@@ -185,8 +186,60 @@ def _exit_now(why: str) -> None:
 # --------------------------------------------------------------------------- health
 
 
+class SystemdNotifier:
+    """``sd_notify(3)`` without libsystemd, for ``Type=notify`` units: ``READY=1`` once the
+    worker is first healthy, ``WATCHDOG=1`` while every process is responsive (when the unit
+    has ``WatchdogSec``), ``STATUS=...`` and ``STOPPING=1`` at a stop. Does nothing without
+    ``NOTIFY_SOCKET``."""
+
+    def __init__(self, environ: Any = None) -> None:
+        environ = os.environ if environ is None else environ
+        address = environ.get("NOTIFY_SOCKET") or None
+        if address is not None and address.startswith("@"):
+            address = "\0" + address[1:]  # an abstract socket
+        self.address: str | None = address
+        usec, pid = environ.get("WATCHDOG_USEC"), environ.get("WATCHDOG_PID")
+        mine = not pid or (pid.isdigit() and int(pid) == os.getpid())
+        self.watchdog = int(usec) / 1e6 if usec and usec.isdigit() and mine else None
+        self.ready = False
+        self.stopping = False
+        self._status = ""
+
+    @property
+    def enabled(self) -> bool:
+        """True under systemd (``NOTIFY_SOCKET`` is set)."""
+        return self.address is not None
+
+    def send(self, *lines: str) -> None:
+        """Send ``KEY=VALUE`` lines (errors are logged, not raised)."""
+        if self.address is None:
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto("\n".join(lines).encode(), self.address)
+        except OSError as exc:
+            logger.warning("cannot notify systemd at %s: %s", self.address, exc)
+
+    def update(self, healthy: bool, status: str) -> None:
+        """The worker's health changed: READY=1 the first time it is healthy."""
+        lines = [] if status == self._status else [f"STATUS={status}"]
+        self._status = status
+        if healthy and not self.ready and not self.stopping:
+            self.ready = True
+            lines.append("READY=1")
+        if lines:
+            self.send(*lines)
+
+    def stop(self) -> None:
+        """The worker stops: STOPPING=1 (once)."""
+        if not self.stopping:
+            self.stopping = True
+            self.send("STOPPING=1", "STATUS=stopping: draining")
+
+
 class HealthReporter:
-    """Serves the health of a worker: ``GET /healthz`` on ``port`` and/or a file.
+    """Serves the health of a worker: ``GET /healthz`` on ``port``, a file, and systemd's
+    notifications (``notifier``).
 
     :meth:`update` sets the report; :meth:`run` serves it until cancelled (and removes the
     file when it ends).
@@ -199,26 +252,45 @@ class HealthReporter:
         host: str = "127.0.0.1",
         file: str | os.PathLike[str] | None = None,
         interval: float = 5.0,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.port = port
         self.host = host
         self.file = Path(file) if file is not None else None
         self.interval = interval
+        self.notifier = notifier if notifier is not None and notifier.enabled else None
         self.healthy = False
+        self.alive = True
         self.report: dict[str, Any] = {"status": "starting"}
         self._changed: anyio.Event | None = None
 
     @property
     def enabled(self) -> bool:
-        """True if there is an endpoint or a file to serve."""
-        return self.port is not None or self.file is not None
+        """True if there is an endpoint, a file or systemd to serve."""
+        return self.port is not None or self.file is not None or self.notifier is not None
 
-    def update(self, healthy: bool, **report: Any) -> None:
-        """Set the health and the report's fields (``status`` is set from ``healthy``)."""
+    def update(self, healthy: bool, *, alive: bool = True, **report: Any) -> None:
+        """Set the health and the report's fields (``status`` is set from ``healthy``).
+
+        ``alive`` (every process responsive, whatever the broker does) keeps systemd's
+        watchdog fed.
+        """
         self.healthy = healthy
+        self.alive = alive
         self.report = {"status": "ok" if healthy else "unhealthy", **report}
+        if self.notifier is not None:
+            state = report.get("state")
+            if state == "stopping":
+                self.notifier.stop()
+            detail = "connected and consuming" if healthy else "not connected or not consuming"
+            self.notifier.update(healthy, f"{self.report['status']}: {detail}")
         if self._changed is not None:
             self._changed.set()
+
+    def stopping(self) -> None:
+        """The worker stops (tells systemd)."""
+        if self.notifier is not None:
+            self.notifier.stop()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[int | None] = anyio.TASK_STATUS_IGNORED
@@ -235,19 +307,24 @@ class HealthReporter:
                 tg.start_soon(listener.serve, self._answer)
                 logger.info("health check on http://%s:%s/healthz", self.host, port)
             task_status.started(port)
-            if self.file is None:
+            watchdog = self.notifier.watchdog if self.notifier is not None else None
+            if self.file is None and watchdog is None:
                 await anyio.sleep_forever()
                 return
-            file = self.file
+            every = min(self.interval, watchdog / 3 if watchdog else self.interval)
             try:
                 while True:
-                    self._write_file()
-                    with anyio.move_on_after(self.interval):
+                    if self.file is not None:
+                        self._write_file()
+                    if watchdog and self.notifier is not None and self.alive:
+                        self.notifier.send("WATCHDOG=1")
+                    with anyio.move_on_after(every):
                         await self._changed.wait()
                     self._changed = anyio.Event()
             finally:
-                with contextlib.suppress(OSError):
-                    file.unlink()
+                if self.file is not None:
+                    with contextlib.suppress(OSError):
+                        self.file.unlink()
 
     def _write_file(self) -> None:
         assert self.file is not None
@@ -503,9 +580,13 @@ class _Supervisor:
         if self.health is None:
             return
         healthy = all(c.state == "running" and c.connected and c.responsive for c in self.children)
-        self.health.update(healthy, pid=os.getpid(), workers=[c.describe() for c in self.children])
+        alive = all(c.responsive for c in self.children if c.state != "stopped")
+        workers = [c.describe() for c in self.children]
+        self.health.update(healthy, alive=alive, pid=os.getpid(), workers=workers)
 
     def stop(self, forced: bool = False) -> None:
+        if self.health is not None:
+            self.health.stopping()
         if forced:
             self.forced = True
             self.forced_event.set()
@@ -617,6 +698,8 @@ def _describe_exit(code: int) -> str:
 async def _run_child(state: _Supervisor, child: _Child) -> int:
     ours, theirs = socket.socketpair()
     env = dict(os.environ, KIWI_ANYIO_WORKER=str(child.index), PYTHONUNBUFFERED="1")
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):  # systemd: the supervisor's
+        env.pop(name, None)
     try:
         process = await anyio.open_process(
             state.config.child_command(theirs.fileno()),

@@ -294,6 +294,44 @@ async def test_sigterm_under_load_loses_nothing_and_does_nothing_twice(setup: Se
     assert await later.exit_code() == 0
 
 
+def start_app_run(setup: Setup) -> subprocess.Popen[str]:
+    """``app.run()`` in a process of its own."""
+    code = (
+        "from tests.worker_app import app; "
+        f"app.run({setup.url!r}, backend={setup.backend!r}, drain_timeout=10)"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=setup.env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_app_run_serves_until_ctrl_c_and_drains(setup: Setup) -> None:
+    process = start_app_run(setup)
+    try:
+        with anyio.fail_after(60):
+            async with kiwi_anyio.connect(setup.url, **setup.options()) as comm:
+                future = await comm.task_queue(setup.queue).task_send({"id": 7, "sleep": 1})
+                await setup.wait_started(1)
+                process.send_signal(signal.SIGINT)
+                assert future is not None and (await future)["id"] == 7
+            while process.poll() is None:
+                await anyio.sleep(0.05)
+        assert process.stderr is not None
+        log = process.stderr.read()
+        assert process.returncode == 0, log
+        assert "SIGINT: stopping gracefully" in log and "worker-test: stopped" in log
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
 async def test_a_second_signal_exits_at_once_and_the_tasks_are_redelivered(setup: Setup) -> None:
     worker = setup.start("--workers", "2", "--drain-timeout", "60")
     await worker.wait_for("serving on", 20)
@@ -331,7 +369,7 @@ async def test_a_crashed_or_killed_child_is_restarted(setup: Setup) -> None:
             await worker.wait_for("exited with code 1")
             await worker.wait_for("restarting in")
             report = await wait_health(port, 200)
-            assert sum(w["restarts"] for w in report["workers"]) == 1
+            assert sum(w["restarts"] for w in report["workers"]) == 1, worker.output()
             assert crashed not in {w["pid"] for w in report["workers"]}
             # SIGKILL a child in the middle of a task: its task is done by someone
             futures = [await tasks.task_send({"id": i, "sleep": 1}) for i in (1, 2)]
@@ -390,6 +428,35 @@ async def test_health_follows_the_link_to_the_broker(setup: Setup) -> None:
         worker.signal(signal.SIGTERM)
         assert await worker.exit_code() == 0
     assert not health_file.exists()
+
+
+async def test_systemd_is_told_ready_watchdog_and_stopping(setup: Setup) -> None:
+    path = setup.tmp / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(0.5)
+        messages: list[str] = []
+
+        def receive() -> None:
+            try:
+                messages.extend(sock.recv(4096).decode().splitlines())
+            except TimeoutError:
+                pass
+
+        async def wait_message(text: str) -> None:
+            with anyio.fail_after(TIMEOUT):
+                while text not in messages:
+                    await anyio.to_thread.run_sync(receive)
+
+        worker = setup.start("--workers", "2", NOTIFY_SOCKET=str(path), WATCHDOG_USEC="600000")
+        await wait_message("READY=1")
+        assert any(m.startswith("STATUS=ok") for m in messages)
+        messages.clear()
+        await wait_message("WATCHDOG=1")
+        worker.signal(signal.SIGTERM)
+        await wait_message("STOPPING=1")
+        assert await worker.exit_code() == 0
+    assert messages.count("READY=1") == 0  # once only, from the supervisor
 
 
 # --------------------------------------------------------------------------- failed starts
