@@ -140,13 +140,17 @@ class ConsumerHandle:
 
 
 class Consumers:
-    """Every consumer of one link; see the module docstring."""
+    """Every consumer of one link; see the module docstring.
+
+    ``wrap(handler, what, queue)`` (the delivery middlewares, :meth:`~kiwi_anyio.hooks.Hooks.
+    wrap`) wraps each consumer's handler once, when it starts: a delivery costs nothing more.
+    """
 
     def __init__(
         self,
         link: Link,
         bounds: SettleBounds,
-        wrap: Callable[[Handler, str], Handler] | None = None,
+        wrap: Callable[[Handler, str, str], Handler] | None = None,
     ) -> None:
         self._link = link
         self._bounds = bounds
@@ -175,7 +179,7 @@ class Consumers:
         consumer...). Cancellation: the consumer is not started.
         """
         if self._wrap is not None:
-            on_message = self._wrap(on_message, what)
+            on_message = self._wrap(on_message, what, queue)
         handle = ConsumerHandle(self._bounds)
         assert self._link.tg is not None
         self.handles.add(handle)

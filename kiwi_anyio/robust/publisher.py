@@ -5,7 +5,8 @@ broker confirmed it. A send not confirmed when the link dropped is sent again af
 recovery (for ``reconnect_timeout``: at least once, never zero times); one the broker nacked
 is sent again on a fresh channel with backoff (for ``nack_retry_timeout``: a quorum queue
 nacks while it elects a leader); an exchange found missing is declared again, once. Every
-publish passes the link's publish hooks (:mod:`kiwi_anyio.hooks`) first.
+publish passes the link's publish hooks (:mod:`kiwi_anyio.hooks`) first, and their
+``when_published`` callbacks hear how it ended (confirmed, or the error).
 
 It owns the retired publisher channels. It must not know what it sends: bodies, properties
 and routing come from the patterns.
@@ -64,6 +65,7 @@ class Publisher:
         what: str,
         allow_closing: bool = False,
         prepare: Callable[[], Awaitable[None]] | None = None,
+        _hooked: bool = False,
     ) -> None:
         """Publish with confirms; after a lost link wait for recovery and send it again.
 
@@ -80,10 +82,28 @@ class Publisher:
         Cancellation: the message may or may not have been queued by the broker.
         """
         link = self._link
-        if self._hooks.publish:
+        if self._hooks.publish and not _hooked:
             outgoing = Outgoing(body, exchange, routing_key, properties, mandatory, what)
             self._hooks.before_publish(outgoing)
             body, properties = outgoing.body, outgoing.properties
+            if outgoing.after:  # a hook wants the outcome
+                try:
+                    await self.publish(
+                        body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=properties,
+                        mandatory=mandatory,
+                        what=what,
+                        allow_closing=allow_closing,
+                        prepare=prepare,
+                        _hooked=True,
+                    )
+                except BaseException as exc:
+                    outgoing.published(exc)
+                    raise
+                outgoing.published(None)
+                return
         redeclared = False
         deadline: float | None = None  # of resending: set when the link is first lost
         nack_deadline: float | None = None  # of resending after nacks
@@ -174,6 +194,20 @@ class Publisher:
             outgoing = Outgoing(body, exchange, routing_key, properties, False, what)
             self._hooks.before_publish(outgoing)
             body, properties = outgoing.body, outgoing.properties
+            if outgoing.after:
+                on_confirm = _observed(outgoing, on_confirm)
+                try:
+                    channel.publish_nowait(
+                        body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=properties,
+                        on_confirm=on_confirm,
+                    )
+                except BaseException as exc:
+                    outgoing.published(exc)
+                    raise
+                return
         channel.publish_nowait(
             body,
             exchange=exchange,
@@ -198,3 +232,13 @@ class Publisher:
         finally:
             with anyio.CancelScope(shield=True):
                 await channel.aclose()
+
+
+def _observed(outgoing: Outgoing, on_confirm: ConfirmCallback) -> ConfirmCallback:
+    """``on_confirm`` that first reports the broker's answer to ``outgoing``'s callbacks."""
+
+    def confirmed(error: BaseException | None) -> None:
+        outgoing.published(error)
+        on_confirm(error)
+
+    return confirmed
