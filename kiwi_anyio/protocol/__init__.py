@@ -17,13 +17,13 @@ Nothing here imports the Communicator or the package root; the one way up is
 from __future__ import annotations
 
 from . import events as events
+from ._channel import Channel as Channel
+from ._channel import Consumer as Consumer
+from ._channel import Message as Message
 from ._connection import AMQPConnection as AMQPConnection
 from ._connection import ChannelState as ChannelState
 from ._connection import ConnectionState as ConnectionState
-from .client import Channel as Channel
 from .client import Connection as Connection
-from .client import Consumer as Consumer
-from .client import Message as Message
 from .client import connect as connect
 from .url import Address as Address
 from .url import ConnectionParameters as ConnectionParameters
