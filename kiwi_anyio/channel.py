@@ -1,6 +1,6 @@
 """The channel interface: what kiwi_anyio needs of a broker connection, written down once.
 
-Two implementations exist: :mod:`kiwi_anyio.protocol.client` (RabbitMQ, over a socket) and
+Two implementations exist: :mod:`kiwi_anyio.protocol` (RabbitMQ, over a socket) and
 :mod:`kiwi_anyio.memory` (the in-process broker). Code above them (the Communicator) is typed
 against the protocols here, never against either implementation::
 
@@ -15,7 +15,8 @@ method of their own without a reason (``protocol.Connection.heartbeat`` and the 
 RabbitMQ only). Errors are the ones of :mod:`kiwi_anyio.exceptions`: a broker refusal closes
 the channel with :class:`~kiwi_anyio.ChannelClosed` (its ``reply_code`` and ``reply_text`` are
 RabbitMQ's: 404 NOT_FOUND, 405 RESOURCE_LOCKED, 406 PRECONDITION_FAILED, 403
-ACCESS_REFUSED …) and the connection stays usable.
+ACCESS_REFUSED …) and the connection stays usable (RabbitMQ closes the connection instead for
+what it deems connection errors: 503, 530, 540, and 541 on 4.3).
 
 **Shared mechanics.** The protocols are also the base classes of the implementations
 (explicit subclassing, :pep:`544`'s default implementations): what both would write alike is
@@ -29,6 +30,9 @@ member left out makes the class abstract (mypy refuses to instantiate it).
 The type parameters give each implementation precise types (``protocol.Channel.basic_get``
 returns a ``protocol.Message``); they default to the protocols, so ``Channel`` alone is "any
 channel".
+
+The module is a little over 700 lines because it is the one place the channel API is written
+down: a third of it is docstrings and most of the rest signatures, which belong together.
 
 Owns: the interface and the mechanics shared by its implementations. Must not touch: sockets,
 the sans-I/O core, broker state, the Communicator: nothing here knows how a method reaches
@@ -51,13 +55,18 @@ from typing_extensions import TypeVar
 from .exceptions import AMQPError, ChannelClosed
 
 __all__ = [
+    "Acknowledgement",
+    "Body",
     "Channel",
     "ChannelOpener",
     "Connection",
     "Consumer",
     "FieldTable",
     "Message",
+    "OnConfirm",
     "Properties",
+    "Props",
+    "drain",
 ]
 
 Properties = commands.Basic.Properties
@@ -207,6 +216,9 @@ class Consumer(_SharedDocstrings, Protocol[MessageT_co]):
     async def start(self) -> Self:
         """Send ``Basic.Consume`` and wait for ``ConsumeOk``. ``async with`` calls it.
 
+        Cancellation: a consumer whose ``ConsumeOk`` arrives after the await was cancelled is
+        cancelled again on the broker, and what it received meanwhile is requeued.
+
         Raises:
             ChannelClosed: 404 no such queue, 405 another connection's exclusive queue,
                 403 the queue has an exclusive consumer, 530 the consumer tag is taken.
@@ -245,6 +257,10 @@ class Channel(_SharedDocstrings, Protocol[MessageT_co, ConsumerT_co]):
     late reply is discarded). A broker error (``Channel.Close``, e.g. 404 or 406) fails every
     pending operation and consumer of this channel with :class:`ChannelClosed`; the connection
     stays usable.
+
+    Cancellation: cancelling a synchronous method after its request went out leaves what the
+    broker did done (a queue declared stays declared); the late reply is discarded and the
+    channel stays usable. :meth:`aclose` is shielded.
 
     Attributes:
         number: the channel number.
