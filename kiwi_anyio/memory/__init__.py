@@ -1,18 +1,16 @@
 """An in-process message broker: ``kiwi_anyio.connect("memory://")``.
 
 For tests, demos and single-process applications: no RabbitMQ, no sockets, no threads. It
-implements the channel interface of :mod:`kiwi_anyio.channel`, as
-:mod:`kiwi_anyio.protocol.client` does for RabbitMQ (:func:`connect` gives a
-:class:`MemoryConnection`), with RabbitMQ's observable semantics::
+implements the channel interface of :mod:`kiwi_anyio.channel`, as :mod:`kiwi_anyio.protocol`
+does for RabbitMQ (:func:`connect` gives a :class:`MemoryConnection`), with RabbitMQ's
+observable semantics::
 
-    async with kiwi_anyio.memory.connect("demo") as conn:
-        async with conn.channel(publisher_confirms=True) as ch:
-            await ch.queue_declare("hello")
-            await ch.basic_publish(b"hi", routing_key="hello")
-            async with ch.basic_consume("hello") as consumer:
-                async for message in consumer:
-                    message.ack()
-                    break
+    async with kiwi_anyio.memory.connect("demo") as conn, conn.channel() as ch:
+        await ch.queue_declare("hello", exclusive=True)
+        await ch.basic_publish(b"hi", routing_key="hello")
+        message = await ch.basic_get("hello")  # delivered at once: no waiting in memory://
+        assert message is not None and message.body == b"hi"
+        message.ack()
 
 **It is not durable.** Queues, exchanges and messages live in this process's memory only and
 are lost when it exits, whatever ``durable`` or ``delivery_mode`` say.

@@ -13,7 +13,7 @@ Usage::
 
     async with kiwi_anyio.protocol.connect("amqp://guest:guest@localhost/") as conn:
         async with conn.channel(publisher_confirms=True) as ch:
-            await ch.queue_declare("hello")
+            await ch.queue_declare("hello", exclusive=True)
             await ch.basic_publish(b"hi", routing_key="hello")
             async with ch.basic_consume("hello") as consumer:
                 async for message in consumer:
