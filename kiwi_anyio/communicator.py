@@ -118,6 +118,10 @@ class Communicator:
             its queue's dead-letter queue (``<queue>.dead-letters``) and its sender gets
             :class:`~kiwi_anyio.TaskDeadLettered` (default 10; ``None``: no limit, kiwiPy's
             behaviour). See ``docs/failures.md``.
+        telemetry: OpenTelemetry traces and metrics (:mod:`kiwi_anyio.telemetry`, semantic
+            conventions v1.44): ``None`` (the default) when ``opentelemetry-api`` is
+            importable (``pip install 'kiwi-anyio[otel]'``; the SDK and exporters are the
+            application's), ``True`` to require it, ``False`` for none.
         lost_reply_grace: once a request's reply may have been lost (the reply queue was
             gone after a reconnection; the broker restarted while an RPC call was waiting),
             how long its future stays open for a reply that may still come, before it fails
@@ -157,6 +161,7 @@ class Communicator:
         request_timeout: float | None = None,
         lost_reply_grace: float = DEFAULT_LOST_REPLY_GRACE,
         task_max_deliveries: int | None = DEFAULT_MAX_DELIVERIES,
+        telemetry: bool | None = None,
         ssl_context: Any = None,
         **connection_options: Any,
     ) -> None:
@@ -246,6 +251,10 @@ class Communicator:
         )
         self._cm: Any = None
         self._blocking: BlockingCommunicator | None = None
+        if telemetry is not False:  # None: on when opentelemetry-api is importable
+            from . import telemetry as _telemetry
+
+            _telemetry.install(self, required=telemetry is True)
 
     # ------------------------------------------------------------ settings kept on the layers
 
