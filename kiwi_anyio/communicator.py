@@ -47,7 +47,7 @@ from .patterns.redelivery import DEFAULT_MAX_DELIVERIES
 from .patterns.requests import Requests
 from .patterns.rpc import Rpc
 from .patterns.serving import Serving, Subscriber
-from .patterns.tasks import IncomingTask, TaskQueue, Tasks
+from .patterns.tasks import UNSET, IncomingTask, TaskQueue, Tasks
 from .protocol import Connection, parse_url
 from .protocol import connect as amqp_connect
 from .protocol.url import ConnectionParameters
@@ -459,6 +459,7 @@ class Communicator:
         prefetch_size: int = 0,
         *,
         max_deliveries: int | _Unset | None = _UNSET,
+        consumer_timeout: float | _Unset | None = _UNSET,
     ) -> TaskQueue:
         """A task queue on the task exchange (declared durable on first use).
 
@@ -470,6 +471,13 @@ class Communicator:
             max_deliveries: deliveries of one task without an answer (its workers died,
                 or it raised :class:`~kiwi_anyio.Retry`) before it is dead-lettered
                 (default: the communicator's ``task_max_deliveries``; ``None``: no limit).
+            consumer_timeout: seconds a delivered task may stay unacknowledged before the
+                broker gives up on it and closes the channel (``x-consumer-timeout`` on the
+                consumer, honoured by RabbitMQ 3.12 and later; on 4.3 only by quorum
+                queues, classic queues there have none). ``None``: the longest the broker
+                takes (about 24.8 days). Default: the broker's (``consumer_timeout``, 30
+                minutes unless configured). A channel closed for this timeout is logged as
+                such; handlers still running finish and their replies go out.
 
         The first call for a name fixes its options; later calls return the same queue.
         """
@@ -479,6 +487,7 @@ class Communicator:
             self.task_prefetch_count if prefetch_count is None else prefetch_count,
             prefetch_size,
             self.task_max_deliveries if isinstance(max_deliveries, _Unset) else max_deliveries,
+            UNSET if isinstance(consumer_timeout, _Unset) else consumer_timeout,
         )
 
     def _default_queue(self) -> TaskQueue:

@@ -180,3 +180,50 @@ async def test_rejection_does_not_count_as_a_delivery(url: str) -> None:
             await queue.add_task_subscriber(picky)
             assert await (await queue.task_send("kept")) == "kept"
     assert seen == 4
+
+
+@pytest.fixture(params=["rabbitmq3", "rabbitmq4"])
+def any_broker(request: pytest.FixtureRequest) -> Any:
+    """The 3.10 test broker and the RabbitMQ 4 one."""
+    return request.getfixturevalue("broker" if request.param == "rabbitmq3" else "rabbitmq4_broker")
+
+
+async def test_consumer_timeout_is_asked_for_where_the_broker_honours_it(any_broker: Any) -> None:
+    """``consumer_timeout=`` becomes the consumer's ``x-consumer-timeout`` on RabbitMQ 3.12+
+    (the 4.0 broker here) and is left out on older brokers (3.10), which refuse nothing but
+    would ignore it."""
+    queue_name = f"long-{uuid.uuid4().hex[:10]}"
+    with anyio.fail_after(60):
+        async with kiwi_anyio.connect(any_broker.url, **private_names("long")) as comm:
+            queue = comm.task_queue(queue_name, consumer_timeout=3600)
+            await queue.add_task_subscriber(lambda _c, task: task)
+            assert await (await queue.task_send(1)) == 1
+            rows = await anyio.to_thread.run_sync(
+                lambda: any_broker.ctl("list_consumers", "queue_name", "arguments")
+            )
+    ours = [line for line in rows.splitlines() if line.startswith(queue_name)]
+    assert len(ours) == 1, rows
+    version = any_broker.server_version or ""
+    if version.startswith("3.10"):
+        assert "x-consumer-timeout" not in ours[0]
+    else:
+        assert "x-consumer-timeout" in ours[0] and "3600000" in ours[0], ours[0]
+
+
+def test_an_acknowledgement_timeout_is_recognised() -> None:
+    from kiwi_anyio.exceptions import ChannelClosed
+    from kiwi_anyio.patterns.tasks import consumer_timeout_supported
+    from kiwi_anyio.robust.consumer import is_ack_timeout
+
+    closed = ChannelClosed(
+        406,
+        "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. Timeout "
+        "value used: 1800000 ms. This timeout value can be configured, see consumers doc "
+        "guide to learn more",
+    )
+    assert is_ack_timeout(closed)
+    assert not is_ack_timeout(ChannelClosed(406, "PRECONDITION_FAILED - unknown delivery tag 3"))
+    assert consumer_timeout_supported({"product": "RabbitMQ", "version": "3.12.1"})
+    assert consumer_timeout_supported({"product": "RabbitMQ", "version": "4.0.5"})
+    assert not consumer_timeout_supported({"product": "RabbitMQ", "version": "3.10.8"})
+    assert not consumer_timeout_supported({"product": "kiwi_anyio memory broker"})

@@ -55,6 +55,38 @@ NEXT_TASK_POLL: Final = 0.05
 ANSWERED_KEEP: Final = 10_000  # answered task ids remembered, against duplicate runs
 
 
+class _Unset:
+    """An option not given (``None`` means something)."""
+
+
+UNSET: Final = _Unset()
+#: ``consumer_timeout=None``: the longest timeout RabbitMQ takes (a signed 32-bit ms count,
+#: about 24.8 days), as "never" is not an option.
+MAX_CONSUMER_TIMEOUT_MS: Final = 2**31 - 1
+
+
+def _version(server_properties: dict[str, Any]) -> tuple[str | None, tuple[int, ...]]:
+    product = server_properties.get("product")
+    version = server_properties.get("version")
+    if isinstance(product, bytes):
+        product = product.decode("utf-8", "replace")
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    numbers: list[int] = []
+    if isinstance(version, str):
+        for part in version.split("."):
+            if not part.isdigit():
+                break
+            numbers.append(int(part))
+    return (product if isinstance(product, str) else None), tuple(numbers)
+
+
+def consumer_timeout_supported(server_properties: dict[str, Any]) -> bool:
+    """Whether the broker takes ``x-consumer-timeout`` on ``basic.consume``: RabbitMQ 3.12+."""
+    product, version = _version(server_properties)
+    return product == "RabbitMQ" and version >= (3, 12)
+
+
 def transient_queues_permitted(server_properties: dict[str, Any]) -> bool:
     """Whether a transient queue that is not exclusive may be declared: on RabbitMQ 3.x.
 
@@ -110,6 +142,7 @@ class Tasks:
         prefetch_count: int,
         prefetch_size: int,
         max_deliveries: int | None = DEFAULT_MAX_DELIVERIES,
+        consumer_timeout: float | _Unset | None = UNSET,
     ) -> TaskQueue:
         """The task queue ``name`` (one object per name: later options are ignored)."""
         queue = self.queues.get(name)
@@ -121,6 +154,7 @@ class Tasks:
                 prefetch_count=prefetch_count,
                 prefetch_size=prefetch_size,
                 max_deliveries=max_deliveries,
+                consumer_timeout=consumer_timeout,
             )
         return queue
 
@@ -290,9 +324,13 @@ class TaskQueue:
         prefetch_count: int,
         prefetch_size: int = 0,
         max_deliveries: int | None = DEFAULT_MAX_DELIVERIES,
+        consumer_timeout: float | _Unset | None = UNSET,
     ) -> None:
+        if isinstance(consumer_timeout, int | float) and consumer_timeout <= 0:
+            raise ValueError(f"consumer_timeout must be > 0 s or None, not {consumer_timeout!r}")
         self._tasks = tasks
         self.name = name
+        self.consumer_timeout = consumer_timeout
         self.max_deliveries = max_deliveries
         self._redelivery = Redelivery(
             tasks.link,
@@ -322,6 +360,17 @@ class TaskQueue:
 
     def _is_declared(self) -> bool:
         return self._declared
+
+    def _consume_arguments(self, connection: Connection) -> dict[str, Any]:
+        """``x-consumer-timeout`` where the broker honours it (RabbitMQ >= 3.12; from 4.3
+        for quorum queues only: classic queues there have no timeout at all)."""
+        timeout = self.consumer_timeout
+        if isinstance(timeout, _Unset) or not consumer_timeout_supported(
+            connection.server_properties
+        ):
+            return {}
+        ms = MAX_CONSUMER_TIMEOUT_MS if timeout is None else max(1, round(timeout * 1000))
+        return {"x-consumer-timeout": min(ms, MAX_CONSUMER_TIMEOUT_MS)}
 
     async def _ensure_declared(self) -> None:
         if self._declared:
@@ -437,6 +486,7 @@ class TaskQueue:
                     self.name,
                     self._on_task,
                     what=f"task queue {self.name!r}",
+                    arguments=self._consume_arguments,
                 )
         except BaseException:
             self._subscribers.pop(identifier, None)

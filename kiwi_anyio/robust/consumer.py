@@ -24,7 +24,13 @@ import anyio
 import anyio.abc
 
 from .._signal import new_signal
-from ..exceptions import AMQPError, ConsumerCancelled, DeliveryFailed, DuplicateSubscriberIdentifier
+from ..exceptions import (
+    AMQPError,
+    ChannelClosed,
+    ConsumerCancelled,
+    DeliveryFailed,
+    DuplicateSubscriberIdentifier,
+)
 from ..protocol import Channel, Connection, Message
 from .link import Link, LinkState
 from .settling import SETTLE_TIMEOUT, SettleBounds
@@ -172,8 +178,12 @@ class Consumers:
         consumer_tag: str = "",
         sequential: bool = False,
         exclusive: bool = False,
+        arguments: Callable[[Connection], dict[str, Any]] | None = None,
     ) -> ConsumerHandle:
         """Start consuming ``queue``; returns once the first ``basic.consume`` succeeded.
+
+        ``arguments(connection)`` gives the ``basic.consume`` arguments for a connection
+        (they may depend on the broker's version).
 
         Raises what the first attempt raised (a refused declaration, a taken exclusive
         consumer...). Cancellation: the consumer is not started.
@@ -187,6 +197,7 @@ class Consumers:
         spec = _Spec(
             open_channel, queue, on_message, what, no_ack, consumer_tag, sequential, exclusive
         )
+        spec.arguments = arguments
         await self._link.tg.start(self._run, handle, spec)
         return handle
 
@@ -280,6 +291,7 @@ class Consumers:
                 no_ack=spec.no_ack,
                 consumer_tag=spec.consumer_tag,
                 exclusive=spec.exclusive,
+                arguments=None if spec.arguments is None else spec.arguments(connection),
             )
             async with consumer:
                 if not handle.started:
@@ -329,6 +341,24 @@ class Consumers:
                         exc,
                     )
                     ended = exc
+                except ChannelClosed as exc:
+                    ended = exc
+                    if is_ack_timeout(exc):
+                        # the broker gave up on an unacknowledged delivery and closed the
+                        # channel (requeueing its deliveries): the running handlers finish
+                        # and their replies still go out (not on this channel)
+                        logger.error(
+                            "%s: the broker closed the channel of %s because a delivery "
+                            "stayed unacknowledged longer than its consumer timeout (%s): "
+                            "for tasks that run longer, give the task queue a "
+                            "consumer_timeout= (RabbitMQ >= 3.12) or raise the broker's "
+                            "consumer_timeout; the tasks handed out on it are requeued",
+                            self._link,
+                            spec.what,
+                            exc,
+                        )
+                    else:
+                        handlers.cancel_scope.cancel()
                 except AMQPError as exc:  # raised by the caller, not in a group
                     ended = exc
                     handlers.cancel_scope.cancel()
@@ -337,10 +367,18 @@ class Consumers:
         return ended
 
 
+def is_ack_timeout(exc: ChannelClosed) -> bool:
+    """Whether the broker closed a channel for an acknowledgement (consumer) timeout:
+    ``406 PRECONDITION_FAILED - delivery acknowledgement on channel N timed out``."""
+    text = str(exc).lower()
+    return exc.reply_code == 406 and "acknowledgement" in text and "timed out" in text
+
+
 class _Spec:
     """What a consumer consumes and how (fixed for its life)."""
 
     __slots__ = (
+        "arguments",
         "consumer_tag",
         "exclusive",
         "no_ack",
@@ -370,3 +408,4 @@ class _Spec:
         self.consumer_tag = consumer_tag
         self.sequential = sequential
         self.exclusive = exclusive
+        self.arguments: Callable[[Connection], dict[str, Any]] | None = None
