@@ -539,6 +539,7 @@ class _Child:
     state: str = "stopped"
     connected: bool = False
     restarts: int = 0
+    last_exit: int | None = None  # the exit code of the previous process in this slot
     last_seen: float = 0.0  # time.monotonic() of its last report
     silence_limit: float = 15.0
 
@@ -562,6 +563,7 @@ class _Child:
             "state": state,
             "connected": self.connected,
             "restarts": self.restarts,
+            "last_exit": self.last_exit,
         }
 
 
@@ -666,6 +668,7 @@ async def _keep_running(state: _Supervisor, child: _Child) -> None:
     while not state.stopping.is_set():
         started = time.monotonic()
         code = await _run_child(state, child)
+        child.last_exit = code
         ran = time.monotonic() - started
         if state.stopping.is_set():
             return

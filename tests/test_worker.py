@@ -369,7 +369,10 @@ async def test_a_crashed_or_killed_child_is_restarted(setup: Setup) -> None:
             await worker.wait_for("exited with code 1")
             await worker.wait_for("restarting in")
             report = await wait_health(port, 200)
-            assert sum(w["restarts"] for w in report["workers"]) == 1, worker.output()
+            assert sum(w["restarts"] for w in report["workers"]) == 1, (
+                worker.output(),
+                setup.entries(),
+            )
             assert crashed not in {w["pid"] for w in report["workers"]}
             # SIGKILL a child in the middle of a task: its task is done by someone
             futures = [await tasks.task_send({"id": i, "sleep": 1}) for i in (1, 2)]
