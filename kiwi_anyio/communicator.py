@@ -47,7 +47,8 @@ from .patterns.redelivery import DEFAULT_MAX_DELIVERIES
 from .patterns.requests import Requests
 from .patterns.rpc import Rpc
 from .patterns.serving import Serving, Subscriber
-from .patterns.tasks import UNSET, IncomingTask, TaskQueue, Tasks
+from .patterns.pull import IncomingTask
+from .patterns.tasks import UNSET, TaskQueue, Tasks
 from .protocol import Connection, parse_url
 from .protocol import connect as amqp_connect
 from .protocol.url import ConnectionParameters
