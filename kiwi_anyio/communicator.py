@@ -43,11 +43,11 @@ from .exceptions import AMQPError, CommunicatorClosed
 from .futures import Future
 from .hooks import Hooks
 from .patterns.broadcast import Broadcasts
+from .patterns.pull import IncomingTask
 from .patterns.redelivery import DEFAULT_MAX_DELIVERIES
 from .patterns.requests import Requests
 from .patterns.rpc import Rpc
 from .patterns.serving import Serving, Subscriber
-from .patterns.pull import IncomingTask
 from .patterns.tasks import UNSET, TaskQueue, Tasks
 from .protocol import Connection, parse_url
 from .protocol import connect as amqp_connect
