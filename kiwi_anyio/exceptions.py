@@ -277,4 +277,3 @@ class Retry(KiwiError):
         if delay < 0:
             raise ValueError(f"a retry delay must be >= 0, not {delay!r}")
         self.delay = delay
-
