@@ -521,9 +521,10 @@ class WorkerConfig:
         return max(1.0, 3 * self.health_interval)
 
     def child_command(self, fd: int) -> list[str]:
-        """The command line of a supervised child."""
+        """The command line of a supervised child (the URL goes in its environment, as
+        ``KIWI_ANYIO_URL``: a password on a command line is visible to every user)."""
         command = [sys.executable, "-m", "kiwi_anyio", "worker", self.app, "--workers", "1"]
-        command += ["--url", self.url, "--backend", self.backend]
+        command += ["--backend", self.backend]
         command += ["--log-level", self.log_level, "--log-format", self.log_format]
         command += ["--health-interval", str(self.health_interval)]
         if self.drain_timeout is not None:
@@ -700,7 +701,12 @@ def _describe_exit(code: int) -> str:
 
 async def _run_child(state: _Supervisor, child: _Child) -> int:
     ours, theirs = socket.socketpair()
-    env = dict(os.environ, KIWI_ANYIO_WORKER=str(child.index), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        KIWI_ANYIO_URL=state.config.url,
+        KIWI_ANYIO_WORKER=str(child.index),
+        PYTHONUNBUFFERED="1",
+    )
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):  # systemd: the supervisor's
         env.pop(name, None)
     try:

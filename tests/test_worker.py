@@ -178,6 +178,10 @@ def setup(broker_url: str, anyio_backend: str, tmp_path: Path) -> Iterator[Setup
         worker.close()
 
 
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -218,6 +222,8 @@ async def test_three_workers_do_3000_tasks_exactly_once(setup: Setup) -> None:
     )  # fmt: skip
     report = await wait_health(port, 200)
     assert [w["state"] for w in report["workers"]] == ["running"] * 3
+    for child in report["workers"]:  # the URL (and its password) is not on a command line
+        assert "guest:guest" not in command_line(child["pid"])
     with anyio.fail_after(60):
         async with kiwi_anyio.connect(setup.url, **setup.options()) as comm:
             tasks = comm.task_queue(setup.queue)
