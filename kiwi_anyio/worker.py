@@ -364,6 +364,34 @@ class HealthReporter:
                 await stream.send(head.encode() + body)
 
 
+# --------------------------------------------------------------------------- the socket pair
+
+
+def _send_line(channel: socket.socket, line: str) -> None:
+    """Send one line without blocking; a peer that does not read (or is gone) loses it."""
+    with contextlib.suppress(OSError):  # BlockingIOError included
+        channel.send(line.encode() + b"\n")
+
+
+async def _receive(channel: socket.socket) -> bytes:
+    """The next bytes from the (non-blocking) socket; ``b""`` at its end or on an error."""
+    while True:
+        try:
+            return channel.recv(1024)
+        except BlockingIOError:
+            pass
+        except OSError:
+            return b""
+        await _wait_readable(channel)
+
+
+async def _wait_readable(channel: socket.socket) -> None:
+    wait = getattr(anyio, "wait_readable", None)  # anyio >= 4.7
+    if wait is None:  # pragma: no cover - older anyio
+        wait = anyio.wait_socket_readable
+    await wait(channel)
+
+
 # --------------------------------------------------------------------------- one process
 
 
@@ -387,6 +415,8 @@ def run_in_process(
         Exception: what a startup hook raised.
     """
     channel = socket.socket(fileno=supervised_fd) if supervised_fd is not None else None
+    if channel is not None:
+        channel.setblocking(False)
     try:
         anyio.run(
             _in_process, app, url, drain_timeout, health, channel, report_every, backend=backend
@@ -425,8 +455,7 @@ async def _in_process(
                 app=app.name,
             )
         if channel is not None:
-            with contextlib.suppress(OSError):
-                channel.sendall(f"status {status.state} {int(status.connected)}\n".encode())
+            _send_line(channel, f"status {status.state} {int(status.connected)}")
 
     app.add_status_listener(report)
     try:
@@ -474,7 +503,7 @@ async def _watch_supervisor(channel: socket.socket, app: App) -> None:
     buffer = b""
     while True:
         try:
-            chunk = await anyio.to_thread.run_sync(channel.recv, 1024, abandon_on_cancel=True)
+            chunk = await _receive(channel)
         except OSError:
             chunk = b""
         if not chunk:
@@ -550,8 +579,7 @@ class _Child:
 
     def send(self, line: str) -> None:
         if self.channel is not None:
-            with contextlib.suppress(OSError):
-                self.channel.sendall(line.encode() + b"\n")
+            _send_line(self.channel, line)
 
     def describe(self) -> dict[str, Any]:
         pid = self.process.pid if self.process is not None else None
@@ -720,6 +748,7 @@ async def _run_child(state: _Supervisor, child: _Child) -> int:
         )
     finally:
         theirs.close()
+    ours.setblocking(False)
     child.process, child.channel = process, ours
     child.state, child.connected = "starting", False
     child.last_seen = time.monotonic()
@@ -765,10 +794,7 @@ async def _wait_child(state: _Supervisor, process: anyio.abc.Process) -> int:
 async def _read_child(state: _Supervisor, child: _Child, channel: socket.socket) -> None:
     buffer = b""
     while True:
-        try:
-            chunk = await anyio.to_thread.run_sync(channel.recv, 1024, abandon_on_cancel=True)
-        except OSError:
-            return
+        chunk = await _receive(channel)
         if not chunk:
             return
         buffer += chunk
