@@ -24,7 +24,6 @@ from kiwi_anyio import (
     ConnectionClosed,
     ConsumerCancelled,
     MessageReturned,
-    ProtocolError,
     memory,
     protocol,
 )
@@ -422,15 +421,6 @@ async def test_a_transient_non_exclusive_queue_is_541_on_rabbitmq_4_3(connect4: 
 async def test_global_qos_is_applied_per_consumer_on_rabbitmq_4_3(
     connect4: Connect, request: pytest.FixtureRequest
 ) -> None:
-    if request.node.callspec.params["connect4"] == "rabbitmq4":
-        request.applymarker(
-            pytest.mark.xfail(
-                raises=ProtocolError,
-                strict=True,
-                reason="the client's sans-I/O core holds the broker to a channel-wide limit for "
-                "global_=True (protocol/_connection.py), which RabbitMQ 4.3 applies per consumer",
-            )
-        )
     with anyio.fail_after(TIMEOUT):
         async with connect4() as conn, conn.channel(publisher_confirms=True) as ch:
             q = await exclusive_queue(ch)

@@ -520,6 +520,10 @@ class AMQPConnection:
             return
         count = ch.counts.get(consumer_tag, 0) + 1
         limit = ch.limits.get(consumer_tag, 0)
+        if ch.global_prefetch:
+            # a global Basic.Qos is channel-wide on RabbitMQ 3.x but applied per consumer by
+            # RabbitMQ 4.3 (deprecated feature global_qos): either way no consumer gets more
+            limit = max(limit, ch.global_prefetch) if limit else ch.global_prefetch
         if limit and count > limit:
             raise ProtocolError(
                 f"the broker sent consumer {consumer_tag!r} on channel {ch.id} "
@@ -527,12 +531,6 @@ class AMQPConnection:
                 UNEXPECTED_FRAME,
             )
         total = ch.total + 1
-        if ch.global_prefetch and total > ch.global_prefetch:
-            raise ProtocolError(
-                f"the broker sent channel {ch.id} {total} unacknowledged deliveries; "
-                f"its prefetch limit is {ch.global_prefetch}",
-                UNEXPECTED_FRAME,
-            )
         tag = method.delivery_tag or 0
         if tag in ch.unacked:
             raise ProtocolError(
