@@ -687,7 +687,10 @@ def _worker(args: argparse.Namespace) -> int:
                 url=url,
                 backend=args.backend,
                 workers=args.workers,
-                drain_timeout=args.drain_timeout,
+                # explicit, so that the supervisor knows how long a stop may take
+                drain_timeout=app.drain_timeout
+                if args.drain_timeout is None
+                else args.drain_timeout,
                 log_level=args.log_level,
                 log_format=args.log_format,
                 health_interval=args.health_interval,

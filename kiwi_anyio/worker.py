@@ -778,7 +778,8 @@ async def _wait_child(state: _Supervisor, process: anyio.abc.Process) -> int:
 
         async def enforce() -> None:
             await state.stopping.wait()
-            deadline = (state.config.drain_timeout or 60.0) + 30.0
+            drain = state.config.drain_timeout
+            deadline = (60.0 if drain is None else drain) + 30.0  # settles, shutdown hooks
             with anyio.move_on_after(deadline):
                 await state.forced_event.wait()
                 await anyio.sleep(KILL_GRACE)
