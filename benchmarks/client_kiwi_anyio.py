@@ -139,7 +139,7 @@ async def large(url: str, params: Params) -> dict[str, Any]:
 
 
 def _communicator(url: str, params: Params, tag: str, **kwargs: Any) -> kiwi_anyio.Communicator:
-    return kiwi_anyio.connect(
+    comm = kiwi_anyio.connect(
         url,
         codec=_codec(params),
         message_exchange=f"bench-{tag}.messages",
@@ -147,6 +147,56 @@ def _communicator(url: str, params: Params, tag: str, **kwargs: Any) -> kiwi_any
         task_queue=f"bench-{tag}.tasks",
         **kwargs,
     )
+    if params.get("telemetry"):
+        _instrument(comm, params["telemetry"])
+    return comm
+
+
+_providers: list[Any] = []
+
+
+def _instrument(comm: kiwi_anyio.Communicator, how: str) -> None:
+    """``params["telemetry"]``: ``"sdk"``, OpenTelemetry's SDK with a span exporter and a
+    metric reader that drop everything (what a real exporter costs on top is its own);
+    ``"api"``, the API alone (no SDK: the no-op tracer and meter)."""
+    from kiwi_anyio import telemetry
+
+    if how == "api":
+        telemetry.install(comm, required=True)
+        return
+    if not _providers:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import (
+            MetricExporter,
+            MetricExportResult,
+            PeriodicExportingMetricReader,
+        )
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        class NoSpans(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        class NoMetrics(MetricExporter):
+            def export(self, metrics_data: Any, timeout_millis: float = 0, **_: Any) -> Any:
+                return MetricExportResult.SUCCESS
+
+            def force_flush(self, timeout_millis: float = 0) -> bool:
+                return True
+
+            def shutdown(self, timeout_millis: float = 0, **_: Any) -> None:
+                pass
+
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(BatchSpanProcessor(NoSpans()))
+        reader = PeriodicExportingMetricReader(NoMetrics(), export_interval_millis=1000)
+        _providers.extend([tracer_provider, MeterProvider(metric_readers=[reader])])
+    telemetry.install(comm, tracer_provider=_providers[0], meter_provider=_providers[1])
 
 
 async def _echo(comm: Any, msg: Any) -> Any:

@@ -92,11 +92,32 @@ JSON_CLIENTS = [
 ]
 CLIENTS.insert(CLIENTS.index(CLIENTS[2]) + 1, JSON_CLIENTS[0])
 CLIENTS.insert(CLIENTS.index(JSON_CLIENTS[0]) + 1, JSON_CLIENTS[1])
+#: kiwi_anyio with OpenTelemetry (issue 16): the SDK with exporters that drop everything
+#: (``+otel``), and the API alone, no SDK (``+otel-api``: the no-op tracer and meter)
+OTEL_CLIENTS = [
+    Client(
+        "kiwi_anyio/asyncio+otel",
+        "client_kiwi_anyio.py",
+        BENCH_VENV,
+        {"backend": "asyncio", "telemetry": "sdk"},
+    ),
+    Client(
+        "kiwi_anyio/asyncio+otel-api",
+        "client_kiwi_anyio.py",
+        BENCH_VENV,
+        {"backend": "asyncio", "telemetry": "api"},
+    ),
+]
+CLIENTS.insert(CLIENTS.index(JSON_CLIENTS[1]) + 1, OTEL_CLIENTS[0])
+CLIENTS.insert(CLIENTS.index(OTEL_CLIENTS[0]) + 1, OTEL_CLIENTS[1])
 CLIENT_BY_NAME = {c.name: c for c in CLIENTS}
 KIWI = ("kiwi_anyio/asyncio", "kiwi_anyio/uvloop", "kiwi_anyio/trio")
 KIWI_JSON = tuple(c.name for c in JSON_CLIENTS)
 PROTOCOL_PEERS = (*KIWI, "aio-pika", "aiormq", "pika")
+KIWI_OTEL = tuple(c.name for c in OTEL_CLIENTS)
 COMM_PEERS = (*KIWI, *KIWI_JSON, "kiwiPy/thread", "kiwiPy/asyncio", "aio-pika")
+#: the telemetry columns run where the cost per message is smallest (the worst case)
+OTEL_PEERS = (*COMM_PEERS, *KIWI_OTEL)
 #: Workloads whose bodies go through a communicator's codec (the others send raw bytes).
 CODEC_WORKLOADS = ("tasks", "rpc_seq", "rpc_par", "broadcast_1", "broadcast_4", "memory")
 
@@ -163,7 +184,7 @@ WORKLOADS = [
         "tasks",
         {"n": 10_000, "inflight": 100, "prefetch": 100},
         {"n": 1_000},
-        COMM_PEERS,
+        OTEL_PEERS,
         (THROUGHPUT, CPU, BROKER_CPU, P50),
     ),
     Workload(
@@ -181,7 +202,7 @@ WORKLOADS = [
         "rpc_par",
         {"n": 10_000, "inflight": 64},
         {"n": 2_000},
-        COMM_PEERS,
+        OTEL_PEERS,
         (THROUGHPUT, CPU, BROKER_CPU),
     ),
     Workload(

@@ -23,7 +23,7 @@ Attributes: ``messaging.system`` (``rabbitmq``), ``messaging.operation.type``,
 ``memory://``) and ``error.type``.
 
 Metrics: ``messaging.client.sent.messages``, ``messaging.client.consumed.messages``,
-``messaging.client.operation.duration`` (publish to confirm; settles),
+``messaging.client.operation.duration`` (publish to confirm),
 ``messaging.process.duration`` (the conventions' bucket boundaries, seconds), labelled by
 system, operation name, destination, server and ``error.type``; and the library's own
 ``kiwi_anyio.deliveries.in_flight`` (deliveries being processed),
@@ -217,11 +217,6 @@ class _Instruments:
             description="Duration of processing operation.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self.in_flight = meter.create_up_down_counter(
-            "kiwi_anyio.deliveries.in_flight",
-            unit="{message}",
-            description="Deliveries being processed by a subscriber.",
-        )
         self.reconnects = meter.create_counter(
             "kiwi_anyio.connection.reconnects",
             unit="{reconnect}",
@@ -234,12 +229,28 @@ class _Instruments:
             unit="{request}",
             description="Requests (tasks, RPC calls) waiting for their reply.",
         )
+        # counted in plain ints and observed at collection: no measurement per delivery
+        meter.create_observable_up_down_counter(
+            "kiwi_anyio.deliveries.in_flight",
+            callbacks=[self._in_flight],
+            unit="{message}",
+            description="Deliveries being processed by a subscriber.",
+        )
 
     def _pending(self, options: CallbackOptions) -> Iterable[Observation]:
         from opentelemetry.metrics import Observation
 
         total = sum(t.pending_replies() for t in list(self.telemetries))
         return [Observation(total, {SYSTEM: RABBITMQ})]
+
+    def _in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation
+
+        totals: dict[str, int] = {}
+        for telemetry in list(self.telemetries):
+            for what, count in telemetry.in_flight.items():
+                totals[what] = totals.get(what, 0) + count
+        return [Observation(count, {CONSUMER: what}) for what, count in totals.items()]
 
 
 _by_provider: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
@@ -284,6 +295,8 @@ class Telemetry:
         self._instruments = _instruments(meter_provider)
         self._instruments.telemetries.add(self)
         self._enabled = True
+        #: deliveries being handled now, by consumer (``what``)
+        self.in_flight: dict[str, int] = {}
         self._server_of: Any = None  # the connection _server_attrs were computed for
         self._server_attrs: dict[str, Any] = {}
         comm.hooks.add_publish_hook(self._on_publish)
@@ -388,7 +401,8 @@ class Telemetry:
         context = self._context
         tracer = self._tracer
         instruments = self._instruments
-        consumer_label = {CONSUMER: what}
+        in_flight = self.in_flight
+        in_flight.setdefault(what, 0)
         empty = context.Context()
 
         async def traced(message: Message) -> None:
@@ -430,7 +444,7 @@ class Telemetry:
             current = trace.set_span_in_context(span, parent)
             observed = _ObservedMessage(message, self, current, destination, metric_attrs)
             instruments.consumed.add(1, metric_attrs)
-            instruments.in_flight.add(1, consumer_label)
+            in_flight[what] += 1
             token = context.attach(current)
             start = time.perf_counter()
             error: BaseException | None = None
@@ -449,7 +463,7 @@ class Telemetry:
                     _fail(trace, span, error)
                 span.end()
                 instruments.process_duration.record(duration, labels)
-                instruments.in_flight.add(-1, consumer_label)
+                in_flight[what] -= 1
 
         return traced
 
@@ -462,11 +476,11 @@ class Telemetry:
     ) -> None:
         """``settle()`` (an ack, nack or reject of ``message``) in a CLIENT span."""
         trace = self._trace
-        labels = {**message._attrs, OPERATION_NAME: name}
         attrs: dict[str, Any] = {
             OPERATION_TYPE: "settle",
             DELIVERY_TAG: message.delivery_tag,
-            **labels,
+            **message._attrs,
+            OPERATION_NAME: name,
         }
         if message.routing_key:
             attrs[ROUTING_KEY] = message.routing_key
@@ -478,16 +492,14 @@ class Telemetry:
             kind=trace.SpanKind.CLIENT,
             attributes=attrs,
         )
-        start = time.perf_counter()
+        # no duration metric: a settle queues one frame, it waits for nothing
         try:
             settle()
         except BaseException as exc:
-            labels[ERROR_TYPE] = _error_type(exc)
             _fail(trace, span, exc)
             raise
         finally:
             span.end()
-            self._instruments.operation_duration.record(time.perf_counter() - start, labels)
 
 
 def _fail(trace: Any, span: Span, error: BaseException) -> None:
