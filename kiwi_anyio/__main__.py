@@ -642,6 +642,7 @@ def _worker(args: argparse.Namespace) -> int:
         SystemdNotifier,
         WorkerConfig,
         configure_logging,
+        exit_leaving_threads,
         load_app,
         log_failure,
         run_in_process,
@@ -707,6 +708,7 @@ def _worker(args: argparse.Namespace) -> int:
                 app="", url="", health_interval=args.health_interval
             ).report_every,
         )
+        exit_leaving_threads(EXIT_OK)
         return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -175,6 +176,27 @@ def _flush_logs() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+
+
+def exit_leaving_threads(code: int) -> None:
+    """Exit with ``code`` now if plain-function handlers still run in worker threads (they
+    outlived the drain: their tasks were requeued, and threads cannot be cancelled), instead
+    of letting the interpreter wait for them; return otherwise."""
+    current = threading.current_thread()
+    waiting = [t for t in threading.enumerate() if t is not current and not t.daemon]
+    deadline = time.monotonic() + 0.5  # idle pool threads are on their way out
+    for thread in waiting:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    busy = [t for t in waiting if t.is_alive()]
+    if not busy:
+        return
+    logger.warning(
+        "%d handler thread(s) still running after the drain (their tasks were requeued): "
+        "exiting without them",
+        len(busy),
+    )
+    _flush_logs()
+    os._exit(code)
 
 
 def _exit_now(why: str) -> None:

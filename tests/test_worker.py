@@ -338,6 +338,28 @@ async def test_app_run_serves_until_ctrl_c_and_drains(setup: Setup) -> None:
             process.stderr.close()
 
 
+async def test_a_blocking_handler_past_the_drain_timeout_does_not_hold_the_exit(
+    setup: Setup,
+) -> None:
+    worker = setup.start("--drain-timeout", "1")
+    await worker.wait_for("serving on", 20)
+    with anyio.fail_after(60):
+        async with kiwi_anyio.connect(setup.url, **setup.options()) as comm:
+            tasks = comm.task_queue(f"{setup.queue}-sync")
+            future = await tasks.task_send({"id": 0, "sleep": 60})
+            await setup.wait_started(1)
+            start = time.monotonic()
+            worker.signal(signal.SIGTERM)
+            assert await worker.exit_code() == 0
+            assert time.monotonic() - start < 8
+            if setup.backend == "asyncio":  # trio's worker threads are daemons: no wait anyway
+                assert any("still running" in line for line in worker.output()), worker.output()
+            later = setup.start(WORKER_TEST_FAST="1")
+            assert future is not None and (await future)["id"] == 0  # requeued, done later
+    later.signal(signal.SIGTERM)
+    assert await later.exit_code() == 0
+
+
 async def test_a_second_signal_exits_at_once_and_the_tasks_are_redelivered(setup: Setup) -> None:
     worker = setup.start("--workers", "2", "--drain-timeout", "60")
     await worker.wait_for("serving on", 20)

@@ -74,6 +74,16 @@ async def work(_comm: Any, task: dict[str, Any]) -> dict[str, Any]:
     return {"id": ident, "pid": os.getpid()}
 
 
+@app.task(queue=f"{QUEUE}-sync")
+def work_in_a_thread(_comm: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """A plain function (run in a worker thread, which cannot be cancelled)."""
+    _log("start", task["id"])
+    if not FAST:
+        time.sleep(float(task.get("sleep", 0)))
+    _log("done", task["id"])
+    return {"id": task["id"], "pid": os.getpid()}
+
+
 started: list[str] = []
 
 
