@@ -442,7 +442,9 @@ class App:
         The first signal stops gracefully (see :meth:`stop`); a second one exits the
         process at once with status 130 (the broker redelivers unfinished tasks). Logs go
         to stderr at INFO unless logging is configured already. ``backend`` is
-        ``"asyncio"`` or ``"trio"``.
+        ``"asyncio"`` or ``"trio"``. A plain-function handler still running in its thread
+        after the drain (its task requeued) keeps the interpreter from exiting until it
+        returns; ``kiwi-anyio worker`` exits without waiting for it.
 
         Raises:
             ConnectionFailed: the broker cannot be reached or refused the login.
