@@ -18,7 +18,9 @@ from typing import Any
 
 import kiwi_anyio
 import kiwi_anyio.blocking
+import kiwi_anyio.channel
 import kiwi_anyio.codecs
+import kiwi_anyio.hooks
 import kiwi_anyio.memory
 import kiwi_anyio.protocol
 import kiwi_anyio.testing.pytest_plugin
@@ -45,6 +47,12 @@ SECTIONS: list[tuple[str, ModuleType, list[str]]] = [
             "decoder_for",
         ],
     ),
+    (
+        "kiwi_anyio.channel",
+        kiwi_anyio.channel,
+        ["Connection", "ChannelOpener", "Channel", "Consumer", "Message"],
+    ),
+    ("kiwi_anyio.hooks", kiwi_anyio.hooks, ["Hooks", "Outgoing"]),
     ("kiwi_anyio.memory", kiwi_anyio.memory, ["connect", "reset", "reset_all"]),
     (
         "kiwi_anyio.protocol",
