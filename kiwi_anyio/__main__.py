@@ -240,6 +240,32 @@ async def _task_work(url: str, args: argparse.Namespace, out: Any) -> int:
     return EXIT_OK
 
 
+async def _task_dead_letters(url: str, args: argparse.Namespace, out: Any) -> int:
+    show = _output(args, out)
+    async with kiwi_connect(url) as comm:
+        queue = comm.task_queue(args.queue) if args.queue else comm._default_queue()
+        if args.requeue:
+            moved = await queue.requeue_dead_letters()
+            show.data(f"requeued {moved} dead letters to {queue.name!r}", requeued=moved)
+        elif args.purge:
+            purged = await queue.purge_dead_letters()
+            show.data(f"purged {purged} dead letters of {queue.name!r}", purged=purged)
+        else:
+            dead = await queue.dead_letters()
+            for letter in dead:
+                show.data(
+                    f"{letter.message_id}: {letter.task!r} ({letter.deliveries} deliveries, "
+                    f"{letter.reason}; set aside by {letter.worker})",
+                    message_id=letter.message_id,
+                    task=letter.task,
+                    deliveries=letter.deliveries,
+                    reason=letter.reason,
+                    worker=letter.worker,
+                )
+            show.status(f"{len(dead)} dead letters in {queue.dead_letter_queue!r}")
+    return EXIT_OK
+
+
 async def _rpc_call(url: str, args: argparse.Namespace, out: Any) -> int:
     show = _output(args, out)
     message = _message(args, "message")
@@ -485,6 +511,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_message_format(work, "--answer")
     _add_jsonl(work)
     work.set_defaults(run=_task_work, counts=Counts("task"))
+
+    dead = command(
+        task_sub,
+        "dead-letters",
+        "list, requeue or purge a queue's dead letters",
+        "List the tasks set aside as poison in a queue's dead-letter queue (QUEUE.dead-letters: "
+        "delivered max_deliveries times without an answer), or move them back (--requeue, "
+        "their delivery count reset), or delete them (--purge).",
+    )
+    dead.add_argument("--queue", help="the task queue (default: the communicator's default queue)")
+    what = dead.add_mutually_exclusive_group()
+    what.add_argument("--requeue", action="store_true", help="move them back to the task queue")
+    what.add_argument("--purge", action="store_true", help="delete them")
+    _add_jsonl(dead)
+    dead.set_defaults(run=_task_dead_letters)
 
     rpc = command(sub, "rpc", "RPC calls")
     rpc_sub = rpc.add_subparsers(

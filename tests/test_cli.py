@@ -145,7 +145,7 @@ def test_every_option_has_help_and_no_help_has_rst_markup() -> None:
     from kiwi_anyio.__main__ import build_parser
 
     parsers = list(_parsers(build_parser()))
-    assert len(parsers) == 12  # kiwi-anyio, 7 commands, 4 sub-commands
+    assert len(parsers) == 13  # kiwi-anyio, 7 commands, 5 sub-commands
     for parser in parsers:
         for action in parser._actions:
             assert action.help, f"{parser.prog}: {action.dest} has no help"

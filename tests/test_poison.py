@@ -227,3 +227,59 @@ def test_an_acknowledgement_timeout_is_recognised() -> None:
     assert consumer_timeout_supported({"product": "RabbitMQ", "version": "4.0.5"})
     assert not consumer_timeout_supported({"product": "RabbitMQ", "version": "3.10.8"})
     assert not consumer_timeout_supported({"product": "kiwi_anyio memory broker"})
+
+
+def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kiwi_anyio", "--url", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_dead_letters_from_the_command_line(broker_url: str) -> None:
+    queue_name = f"dead-{uuid.uuid4().hex[:10]}"
+    options = private_names("dead")
+    options["testing_mode"] = False
+
+    async def give_up(_comm: Any, _task: Any) -> None:
+        raise Retry("no", delay=0)
+
+    try:
+        with anyio.fail_after(60):
+            async with kiwi_anyio.connect(broker_url, **options) as comm:
+                queue = comm.task_queue(queue_name, max_deliveries=1)
+                async with queue.task_subscriber(give_up):
+                    for body in ("first", "second"):
+                        with pytest.raises(TaskDeadLettered):
+                            await (await queue.task_send(body))
+            task_args = ("task", "dead-letters", "--queue", queue_name)
+            listed = await anyio.to_thread.run_sync(lambda: _cli(broker_url, *task_args))
+            assert listed.returncode == 0, listed.stderr
+            assert "'first'" in listed.stdout and "'second'" in listed.stdout
+            assert "2 dead letters" in listed.stderr
+            requeued = await anyio.to_thread.run_sync(
+                lambda: _cli(broker_url, *task_args, "--requeue")
+            )
+            assert requeued.returncode == 0 and "requeued 2" in requeued.stdout, requeued
+            async with kiwi_anyio.connect(broker_url, **options) as comm:
+                queue = comm.task_queue(queue_name)
+                assert await queue.dead_letters() == []
+                back = []
+                for _ in range(2):
+                    async with queue.next_task(timeout=10) as task:  # back in the task queue
+                        assert task is not None
+                        back.append(task.body)
+                        task.process().set_result(None)
+                assert sorted(back) == ["first", "second"]
+                # set aside again, then purged
+                async with queue.task_subscriber(give_up):
+                    with pytest.raises(TaskDeadLettered):
+                        await (await queue.task_send("third"))
+            purged = await anyio.to_thread.run_sync(
+                lambda: _cli(broker_url, *task_args, "--purge", "--jsonl")
+            )
+            assert purged.returncode == 0 and '"purged": 1' in purged.stdout, purged
+    finally:
+        await delete_queues(broker_url, queue_name, f"{queue_name}.dead-letters")

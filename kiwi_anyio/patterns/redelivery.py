@@ -41,6 +41,7 @@ from ..exceptions import DeliveryFailed, MessageReturned, TaskDeadLettered
 from ..protocol import Message, Properties
 from ..robust.link import Link
 from ..robust.publisher import Publisher
+from ..robust.settling import SETTLE_TIMEOUT
 from .serving import REPLY_EXCHANGE, Serving
 
 __all__ = [
@@ -191,11 +192,9 @@ class Redelivery:
 
         Cancellation: the original is not acked (the broker redelivers it).
         """
-        await self._publish_to(
+        await self._move(
             self.queue, message, copy_properties(message, x_kiwi_deliveries=deliveries)
         )
-        if message.channel.is_open:
-            message.ack()
 
     async def requeue(self, message: Message, earlier: int) -> None:
         """Give the task back without counting this delivery (every subscriber rejected
@@ -203,11 +202,9 @@ class Redelivery:
 
         Cancellation: the original is not acked (the broker redelivers it).
         """
-        await self._publish_to(
+        await self._move(
             self.queue, message, copy_properties(message, x_kiwi_deliveries=earlier or None)
         )
-        if message.channel.is_open:
-            message.ack()
 
     async def dead_letter(self, message: Message, deliveries: int, reason: str) -> None:
         """Move the task to the dead-letter queue (confirmed), tell its sender, then ack.
@@ -229,7 +226,9 @@ class Redelivery:
             x_kiwi_dead_letter_queue=self.queue,
             x_kiwi_dead_letter_worker=f"{socket.gethostname()}:{os.getpid()}",
         )
-        await self._publish_to(self.dead_letters, message, properties)
+        # acked before the sender is told: a stop in between must not requeue a task that
+        # is in the dead-letter queue already (the sender then learns it from its timeout)
+        await self._move(self.dead_letters, message, properties)
         if message.properties.reply_to and message.properties.correlation_id:
             try:
                 task_no_reply = wire.decode_task(await self._serving.decode(message))[1]
@@ -238,8 +237,6 @@ class Redelivery:
             if not task_no_reply:
                 reply = wire.exception_reply(TaskDeadLettered(text), with_host=True)
                 await self._serving.send_reply(message, reply, self.exchange)
-        if message.channel.is_open:
-            message.ack()
 
     async def retry(self, message: Message, attempt: int, delay: float, reason: str) -> None:
         """Deliver the task again after ``delay`` seconds (counting ``attempt``), then ack
@@ -254,16 +251,14 @@ class Redelivery:
         properties = copy_properties(message, x_kiwi_deliveries=attempt, x_kiwi_retry_reason=reason)
         ms = max(0, round(delay * 1000))
         if ms == 0:
-            await self._publish_to(self.queue, message, properties)
+            await self._move(self.queue, message, properties)
         elif self._broker_has_ttls():
             delay_queue = f"{self.queue}.retry-{ms}ms"
             await self._declare_delay_queue(delay_queue, ms)
-            await self._publish_to(delay_queue, message, properties)
+            await self._move(delay_queue, message, properties)
         else:  # memory:// has no TTLs: wait here, holding the delivery
             await anyio.sleep(delay)
-            await self._publish_to(self.queue, message, properties)
-        if message.channel.is_open:
-            message.ack()
+            await self._move(self.queue, message, properties)
 
     # ------------------------------------------------------------ side queues
 
@@ -273,6 +268,14 @@ class Redelivery:
         if isinstance(product, bytes):
             product = product.decode("utf-8", "replace")
         return product == "RabbitMQ"
+
+    async def _move(self, queue: str, message: Message, properties: Properties) -> None:
+        """Publish a copy to ``queue`` (confirmed), then ack the original; shielded (within
+        ``SETTLE_TIMEOUT``) so that a consumer stopping in between leaves no duplicate."""
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + SETTLE_TIMEOUT):
+            await self._publish_to(queue, message, properties)
+            if message.channel.is_open:
+                message.ack()
 
     async def _publish_to(self, queue: str, message: Message, properties: Properties) -> None:
         what = f"task copy to queue {queue!r}"

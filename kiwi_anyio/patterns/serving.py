@@ -265,8 +265,10 @@ class Serving:
         exchange: str,
         *,
         nowait: bool = True,
+        on_answered: Callable[[], object] | None = None,
     ) -> bool:
-        """Send the final reply, then acknowledge.
+        """Send the final reply, then acknowledge; ``on_answered()`` once the broker
+        confirmed the reply and the ack went out.
 
         Returns True when that was handed off: the reply is queued and a confirm callback
         acks the request (:meth:`settle_nowait`; the consumer's channel stays open until it
@@ -276,7 +278,7 @@ class Serving:
 
         Cancellation: shielded (bounded by ``SETTLE_TIMEOUT`` once stopping or closing).
         """
-        if nowait and self.settle_nowait(message, reply, exchange):
+        if nowait and self.settle_nowait(message, reply, exchange, on_answered):
             return True
         channel = message.channel
         # no deadline while the communicator is open (a broker that blocks publishing
@@ -286,9 +288,17 @@ class Serving:
                 await self.send_reply(message, reply, exchange)
             if channel.is_open:
                 message.ack()
+                if on_answered is not None:
+                    on_answered()
         return False
 
-    def settle_nowait(self, message: Message, reply: dict[str, Any] | None, exchange: str) -> bool:
+    def settle_nowait(
+        self,
+        message: Message,
+        reply: dict[str, Any] | None,
+        exchange: str,
+        on_answered: Callable[[], object] | None = None,
+    ) -> bool:
         """The common case of :meth:`settle` without a task switch or a cancel scope:
         queue the reply on the open publisher channel and ack the request from the
         confirm callback. False: take the slow path (closing, a blocked broker, a reply
@@ -301,6 +311,8 @@ class Serving:
             return False
         if reply is None:
             message.ack()
+            if on_answered is not None:
+                on_answered()
             return True
         publisher = link.publisher
         reply_to = message.properties.reply_to
@@ -319,12 +331,16 @@ class Serving:
                         # the publisher channel failed under it (an exchange deleted, a
                         # nack): the slow path resends (after a recovery too), then acks
                         logger.info("sending the reply to %r again: %s", reply_to, error)
-                        link.tg.start_soon(self._settle_again, message, reply, exchange)
+                        link.tg.start_soon(
+                            self._settle_again, message, reply, exchange, on_answered
+                        )
                         forget = False  # still handed off: _settle_again forgets it
                     else:
                         message.nack(requeue=True)
                 elif error is None and channel.is_open and not message.settled:
                     message.ack()
+                    if on_answered is not None:
+                        on_answered()
             finally:
                 if forget:
                     bounds.handed_back(channel)
@@ -349,10 +365,16 @@ class Serving:
             raise
         return True
 
-    async def _settle_again(self, message: Message, reply: dict[str, Any], exchange: str) -> None:
+    async def _settle_again(
+        self,
+        message: Message,
+        reply: dict[str, Any],
+        exchange: str,
+        on_answered: Callable[[], object] | None,
+    ) -> None:
         """A handed-off reply failed: send it the slow way (then ack), or requeue."""
         try:
-            await self.settle(message, reply, exchange, nowait=False)
+            await self.settle(message, reply, exchange, nowait=False, on_answered=on_answered)
         except KiwiError as exc:
             logger.warning("request %s not answered: %s", message.delivery_tag, exc)
         finally:

@@ -436,21 +436,24 @@ class TaskQueue:
         key = message.properties.message_id
         if key and message.redelivered and await self._seen_here(key, message):
             return
-        if key:
-            self._running[key] = running = anyio.Event()
-        answered = False
+        if not key:
+            await self._handle_task(message, None)
+            return
+        self._running[key] = running = anyio.Event()
         try:
-            answered = await self._handle_task(message)
+            await self._handle_task(message, lambda: self._remember_answered(key))
         finally:
-            if key:
-                running.set()
-                if self._running.get(key) is running:
-                    del self._running[key]
-                if answered:
-                    seen = self._answered
-                    seen[key] = None
-                    if len(seen) > ANSWERED_KEEP:
-                        seen.popitem(last=False)
+            running.set()
+            if self._running.get(key) is running:
+                del self._running[key]
+
+    def _remember_answered(self, key: str) -> None:
+        """Task ``key``'s reply was confirmed and it was acked: a copy delivered later (its
+        ack was lost with a channel) is acked without running it again."""
+        seen = self._answered
+        seen[key] = None
+        if len(seen) > ANSWERED_KEEP:
+            seen.popitem(last=False)
 
     async def _seen_here(self, key: str, message: Message) -> bool:
         """A redelivered task this process is running or has just answered: wait for the
@@ -459,21 +462,26 @@ class TaskQueue:
         running = self._running.get(key)
         if running is None and key not in self._answered:
             return False
+        if running is not None:
+            await running.wait()
+            if key not in self._answered:
+                return False  # the running copy ended unanswered (its link dropped): run it
         logger.warning(
             "task %s of queue %r was delivered again while this process %s it (was its "
             "channel closed for an acknowledgement timeout?): not run twice",
             key,
             self.name,
-            "runs" if running is not None else "has just answered",
+            "ran" if running is not None else "has just answered",
         )
-        if running is not None:
-            await running.wait()
         if message.channel.is_open and not message.settled:
             message.ack()
         return True
 
-    async def _handle_task(self, message: Message) -> bool:
-        """Handle one delivered task; True once its outcome was sent (and acked)."""
+    async def _handle_task(
+        self, message: Message, on_answered: Callable[[], object] | None
+    ) -> None:
+        """Handle one delivered task; ``on_answered()`` once its reply is confirmed and the
+        task acked."""
         serving = self._tasks.serving
         redelivery = self._redelivery
         handed_off = False  # to a confirm callback, which acks
@@ -481,17 +489,17 @@ class TaskQueue:
             verdict, deliveries = redelivery.verdict(message)
             if verdict is Verdict.REPUBLISH:
                 await redelivery.republish(message, deliveries)
-                return False
+                return
             if verdict is Verdict.DEAD_LETTER:
                 await redelivery.dead_letter(
                     message, deliveries, f"delivered {deliveries} times without an answer"
                 )
-                return False
+                return
             try:
                 task, no_reply = wire.decode_task(await serving.decode(message))
             except UndecodableMessage as exc:
                 await serving.reject_undecodable(message, exc, self.exchange, with_host=True)
-                return False
+                return
             for subscriber in list(self._subscribers.values()):
                 try:
                     result = await serving.call_and_follow(
@@ -501,7 +509,7 @@ class TaskQueue:
                     continue
                 except Retry as exc:
                     await redelivery.retry(message, deliveries, exc.delay, str(exc))
-                    return False
+                    return
                 except concurrent.futures.CancelledError as exc:
                     reply = wire.cancelled_reply(str(exc) or None)
                 except Exception as exc:
@@ -513,9 +521,9 @@ class TaskQueue:
                 else:
                     reply = wire.result_reply(result, with_host=True)
                 handed_off = await serving.settle(
-                    message, None if no_reply else reply, self.exchange
+                    message, None if no_reply else reply, self.exchange, on_answered=on_answered
                 )
-                return True
+                return
             # nobody took it: give it back, after a pause so it does not spin, without
             # counting this delivery (a rejection is not a failure)
             await anyio.sleep(REQUEUE_DELAY)
@@ -527,7 +535,6 @@ class TaskQueue:
         finally:
             if not handed_off and not message.settled and message.channel.is_open:
                 message.nack(requeue=True)
-        return False
 
     @asynccontextmanager
     async def next_task(
