@@ -114,13 +114,22 @@ RABBITMQ: Final = "rabbitmq"
 DEFAULT_EXCHANGE: Final = "amq.default"
 
 
+_available: list[bool] = []  # the answer of available(), once known
+
+
 def available() -> bool:
-    """Whether ``opentelemetry-api`` can be imported."""
-    try:
-        import opentelemetry.trace  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether ``opentelemetry-api`` can be imported (looked for once: a failed import
+    searches the whole path every time)."""
+    if not _available:
+        try:
+            import opentelemetry.metrics
+            import opentelemetry.propagate
+            import opentelemetry.trace  # noqa: F401
+        except ImportError:
+            _available.append(False)
+        else:
+            _available.append(True)
+    return _available[0]
 
 
 _installed: weakref.WeakKeyDictionary[Any, Telemetry] = weakref.WeakKeyDictionary()

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import kiwi_anyio
+import kiwi_anyio.patterns.rpc
 from kiwi_anyio import telemetry
 from kiwi_anyio.hooks import subscriber_failed
 from kiwi_anyio.patterns.serving import Serving
@@ -89,7 +90,7 @@ def url(request: pytest.FixtureRequest) -> str:
 def wired(monkeypatch: pytest.MonkeyPatch) -> None:
     """Subscribers that raise are reported to the seam (what the patterns do once wired:
     until then the test wires ``Serving.call_and_follow`` itself)."""
-    if "subscriber_failed" in inspect.getsource(Serving):
+    if "subscriber_failed" in inspect.getsource(kiwi_anyio.patterns.rpc):
         return
     original = Serving.call_and_follow
 
