@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -200,6 +202,37 @@ class BlockingCommunicator:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def add_close_callback(
+        self, callback: Callable[[Any, BaseException | None], object], weak: bool = False
+    ) -> None:
+        """kiwiPy's close callback: ``callback(communicator, error)`` once the communicator
+        has closed (``error``: the connection failure that ended it, or None).
+
+        ``weak``: hold only a weak reference to ``callback`` (a bound method is held by a
+        ``weakref.WeakMethod``), as kiwiPy's ``add_close_callback(cb, weak=True)``.
+        """
+        ref: Callable[[], Callable[[Any, BaseException | None], object] | None]
+        if weak:
+            ref = (
+                weakref.WeakMethod(callback)
+                if inspect.ismethod(callback)
+                else weakref.ref(callback)
+            )
+        else:
+
+            def ref() -> Callable[[Any, BaseException | None], object]:
+                return callback
+
+        def listener(event: str, error: BaseException | None) -> None:
+            if event != "closed":
+                return
+            self._comm.remove_connection_listener(listener)
+            target = ref()
+            if target is not None:
+                target(self, error)
+
+        self._comm.add_connection_listener(listener)
+
     @property
     def server_properties(self) -> dict[str, Any]:
         """The broker's properties."""
@@ -217,8 +250,10 @@ class BlockingCommunicator:
         self, name: str, prefetch_count: int | None = None, prefetch_size: int = 0
     ) -> BlockingTaskQueue:
         """A task queue (see ``Communicator.task_queue``)."""
-        self._live_portal()
-        return BlockingTaskQueue(self, self._comm.task_queue(name, prefetch_count, prefetch_size))
+        # made in the loop's thread: the queue's primitives must not bind to a loop the
+        # calling thread may be running (a Jupyter cell)
+        queue = self._call(self._comm.task_queue, name, prefetch_count, prefetch_size)
+        return BlockingTaskQueue(self, queue)
 
     def task_send(
         self, task: Any, no_reply: bool = False, *, timeout: Timeout = DEFAULT
@@ -232,7 +267,7 @@ class BlockingCommunicator:
         return None if future is None else to_thread_future(future)
 
     def rpc_send(
-        self, recipient_id: str, msg: Any, *, timeout: Timeout = DEFAULT
+        self, recipient_id: Any, msg: Any, *, timeout: Timeout = DEFAULT
     ) -> concurrent.futures.Future[Any]:
         """Call an RPC subscriber (``UnroutableError`` if there is none).
 
@@ -259,11 +294,12 @@ class BlockingCommunicator:
         """Remove a task subscriber."""
         self._call(self._comm.remove_task_subscriber, identifier)
 
-    def add_rpc_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
-        """Add ``subscriber(comm, msg)`` for RPCs to ``identifier``."""
+    def add_rpc_subscriber(self, subscriber: Subscriber, identifier: Any = None) -> str:
+        """Add ``subscriber(comm, msg)`` for RPCs to ``identifier`` (any value: a
+        ``uuid.UUID`` is used as its string, as kiwiPy does); returns the identifier."""
         return str(self._call(self._comm.add_rpc_subscriber, subscriber, identifier))
 
-    def remove_rpc_subscriber(self, identifier: str) -> None:
+    def remove_rpc_subscriber(self, identifier: Any) -> None:
         """Remove an RPC subscriber."""
         self._call(self._comm.remove_rpc_subscriber, identifier)
 

@@ -55,7 +55,14 @@ class Broadcasts:
         self.subscribers: dict[str, Subscriber] = {}
         self.queue: str | None = None
         self._consumer: ConsumerHandle | None = None
-        self._lock = anyio.Lock()
+        self._lock_: anyio.Lock | None = None  # made on first use, in the loop
+
+    @property
+    def _lock(self) -> anyio.Lock:
+        """Made on first use, inside the communicator's loop (see ``Link._up``)."""
+        if self._lock_ is None:
+            self._lock_ = anyio.Lock()
+        return self._lock_
 
     async def send(
         self,
@@ -137,6 +144,12 @@ class Broadcasts:
                             )
                         except AMQPError as exc:
                             logger.warning("could not delete broadcast queue %r: %s", queue, exc)
+                        else:
+                            if self._link.exchange_auto_delete:
+                                # testing mode: the exchange is auto-delete, and the broker
+                                # deleted it with this, perhaps its last, binding; declare it
+                                # again when a subscriber comes back (else: 404 no exchange)
+                                self._link.forget_exchange(self.exchange)
 
     @asynccontextmanager
     async def scoped(

@@ -130,7 +130,7 @@ class Requests:
         self._exchanges: set[str] = set()  # exchanges the reply queue must be bound to
         self._bound: set[str] = set()  # ... and is bound to on this connection
         self._declared = False
-        self._lock = anyio.Lock()
+        self._lock_: anyio.Lock | None = None  # made on first use, in the loop
         link.on_new_connection(self._bound.clear)
         link.on_exchange_forgotten(self._bound.discard)
         # the broker shut down (a restart?): the RPC calls waiting in its queues were
@@ -142,6 +142,13 @@ class Requests:
                 durable=False,
             )
         )
+
+    @property
+    def _lock(self) -> anyio.Lock:
+        """Made on first use, inside the communicator's loop (see ``Link._up``)."""
+        if self._lock_ is None:
+            self._lock_ = anyio.Lock()
+        return self._lock_
 
     async def send(
         self,

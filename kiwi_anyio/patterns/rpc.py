@@ -48,6 +48,14 @@ __all__ = ["Rpc"]
 logger = logging.getLogger("kiwi_anyio.communicator")
 
 
+def _forget_auto_delete_exchange(link: Link, exchange: str) -> None:
+    """A queue bound to ``exchange`` was deleted: in testing mode the exchange is
+    auto-delete, and the broker deleted it with its last binding; declare it again on next
+    use (else the next binding fails with ``404 NOT_FOUND - no exchange``)."""
+    if link.exchange_auto_delete:
+        link.forget_exchange(exchange)
+
+
 class Rpc:
     """The RPC pattern of one communicator; see the module docstring."""
 
@@ -75,9 +83,15 @@ class Rpc:
         self._timeout = timeout
         self.subscribers: dict[str, tuple[str, ConsumerHandle]] = {}
 
-    async def send(self, recipient_id: str, msg: Any, *, timeout: Timeout = DEFAULT) -> Future[Any]:
-        """See :meth:`kiwi_anyio.Communicator.rpc_send`."""
+    async def send(self, recipient_id: Any, msg: Any, *, timeout: Timeout = DEFAULT) -> Future[Any]:
+        """See :meth:`kiwi_anyio.Communicator.rpc_send`.
+
+        Any identifier is formatted into the routing key, as kiwiPy does (plumpy addresses
+        a process by its ``uuid.UUID``): ``rpc_send(uuid, ...)`` reaches the subscriber
+        added as ``uuid`` or ``str(uuid)``.
+        """
         self._link.check_open()
+        recipient_id = str(recipient_id)
         await self._link.ensure_exchange(self.exchange)
         try:
             future = await self._requests.send(
@@ -94,10 +108,14 @@ class Rpc:
         assert future is not None
         return future
 
-    async def add(self, subscriber: Subscriber, identifier: str | None = None) -> str:
-        """See :meth:`kiwi_anyio.Communicator.add_rpc_subscriber`."""
+    async def add(self, subscriber: Subscriber, identifier: Any = None) -> str:
+        """See :meth:`kiwi_anyio.Communicator.add_rpc_subscriber`; a non-string identifier
+        (a ``uuid.UUID``, an int) is used as ``str(identifier)``, as kiwiPy does."""
         self._link.check_open()
-        identifier = identifier or uuid.uuid4().hex
+        ident: str = uuid.uuid4().hex if identifier is None else str(identifier)
+        identifier = ident
+        if not identifier:
+            raise ValueError("an RPC identifier cannot be empty")
         if "*" in identifier or "#" in identifier:
             raise ValueError(f"an RPC identifier cannot contain '*' or '#': {identifier!r}")
         if identifier in self.subscribers:
@@ -133,7 +151,7 @@ class Rpc:
             self.subscribers.pop(identifier, None)
             raise
         self.subscribers[identifier] = (queue, handle)
-        return identifier
+        return ident
 
     async def _open_channel(self, connection: Connection, queue: str, identifier: str) -> Channel:
         """Declare the subscriber's queue and binding on a new channel (every time: the
@@ -159,19 +177,61 @@ class Rpc:
             ) from exc
         return channel
 
-    async def remove(self, identifier: str) -> None:
-        """See :meth:`kiwi_anyio.Communicator.remove_rpc_subscriber`."""
+    async def remove(
+        self, identifier: Any, *, drain_timeout: float = 0.0, background: bool = False
+    ) -> None:
+        """See :meth:`kiwi_anyio.Communicator.remove_rpc_subscriber` (``str(identifier)``,
+        as :meth:`add`).
+
+        Args:
+            identifier: the subscriber's identifier.
+            drain_timeout: let the calls this subscriber is handling finish (and reply)
+                for up to this many seconds before they are cancelled; new calls are
+                unroutable at once (the queue is unbound first). kiwiPy lets them finish:
+                a plumpy process removes its own subscriber while it answers a "kill".
+            background: return once the subscriber is removed and unbound; the draining,
+                the consumer's stop and the queue's deletion go on in the communicator's
+                task group (a subscriber's own call may wait for its removal to return).
+        """
         self._link.check_open()
+        identifier = str(identifier)
         try:
             queue, handle = self.subscribers.pop(identifier)
         except KeyError:
             raise ValueError(f"unknown RPC subscriber {identifier!r}") from None
+        if drain_timeout > 0:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._link.declare(
+                        lambda ch: ch.queue_unbind(
+                            queue, self.exchange, wire.rpc_routing_key(identifier)
+                        ),
+                        f"RPC queue {queue!r}",
+                    )
+                except (DeliveryFailed, AMQPError) as exc:
+                    logger.warning("could not unbind RPC queue %r: %s", queue, exc)
+        if background and self._link.tg is not None:
+            self._link.tg.start_soon(self._stop_and_delete, queue, handle, drain_timeout)
+        else:
+            await self._stop_and_delete(queue, handle, drain_timeout)
+
+    async def _stop_and_delete(
+        self, queue: str, handle: ConsumerHandle, drain_timeout: float
+    ) -> None:
+        if drain_timeout > 0:
+            handle.draining = True
+            if handle.receiving is not None:
+                handle.receiving.cancel()
+            with anyio.move_on_after(drain_timeout):
+                await handle.done.wait()
         await handle.stop()
         with anyio.CancelScope(shield=True):
             try:
                 await self._link.declare(lambda ch: ch.queue_delete(queue), f"RPC queue {queue!r}")
             except (DeliveryFailed, AMQPError) as exc:
                 logger.warning("could not delete RPC queue %r: %s", queue, exc)
+            else:
+                _forget_auto_delete_exchange(self._link, self.exchange)
 
     @asynccontextmanager
     async def scoped(

@@ -97,19 +97,36 @@ class Link:
         self.generation = 0  # counts connections: a send that saw another one declares again
         self.failure: BaseException | None = None  # what ended the link, if it failed
         self.tg: anyio.abc.TaskGroup | None = None  # set by the owner of the lifetime
-        self._up = anyio.Event()
+        # anyio primitives are made on first use, inside the link's own event loop: made
+        # here, in a thread that runs another loop (a Jupyter cell creating a communicator
+        # for the blocking API on trio), they would bind to that loop
+        self._up_event: anyio.Event | None = None
         self._listeners: list[Listener] = []
         self._new_connection_callbacks: list[Callable[[], object]] = []
         self._shutdown_callbacks: list[Callable[[], object]] = []
         self._exchange_callbacks: list[Callable[[str], object]] = []
         self.publisher: Channel | None = None
         self._declarer: Channel | None = None
-        self._channel_lock = anyio.Lock()
+        self._channel_lock_: anyio.Lock | None = None
         self._exchanges: set[str] = set()
         self._restored: Callable[[Connection], Awaitable[None]] | None = None
 
     def __repr__(self) -> str:
         return f"<Communicator {self.name} {self.state.value}>"
+
+    @property
+    def _up(self) -> anyio.Event:
+        """Set while a connection is up (made on first use, in the link's loop)."""
+        if self._up_event is None:
+            self._up_event = anyio.Event()
+        return self._up_event
+
+    @property
+    def _channel_lock(self) -> anyio.Lock:
+        """Serialises reopening the shared channels (made on first use, in the link's loop)."""
+        if self._channel_lock_ is None:
+            self._channel_lock_ = anyio.Lock()
+        return self._channel_lock_
 
     # ------------------------------------------------------------ state
 
@@ -130,7 +147,8 @@ class Link:
 
     @property
     def is_connected(self) -> bool:
-        return self.state is LinkState.OPEN and self._up.is_set()
+        up = self._up_event  # read from any thread: never create it here
+        return self.state is LinkState.OPEN and up is not None and up.is_set()
 
     def check_open(self, allow_closing: bool = False) -> None:
         """Raise :class:`~kiwi_anyio.CommunicatorClosed` unless open (or closing, if allowed)."""
@@ -212,7 +230,7 @@ class Link:
                     self._give_up(exc)
                     return
                 if self._up.is_set():
-                    self._up = anyio.Event()
+                    self._up_event = anyio.Event()
                 if not self.reconnect:
                     self._give_up(exc)
                     return
