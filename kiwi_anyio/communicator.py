@@ -48,7 +48,7 @@ from .patterns.redelivery import DEFAULT_MAX_DELIVERIES
 from .patterns.requests import Requests
 from .patterns.rpc import Rpc
 from .patterns.serving import Serving, Subscriber
-from .patterns.tasks import UNSET, TaskQueue, Tasks
+from .patterns.tasks import UNSET, TaskQueue, Tasks, _Unset
 from .protocol import Connection, parse_url
 from .protocol import connect as amqp_connect
 from .protocol.url import ConnectionParameters
@@ -66,13 +66,6 @@ DEFAULT_URL: Final = "amqp://guest:guest@127.0.0.1/"
 DEFAULT_TASK_PREFETCH: Final = 1
 DEFAULT_RPC_PREFETCH: Final = 256
 DEFAULT_LOST_REPLY_GRACE: Final = 30.0  # seconds a reply that may be lost is still awaited
-
-
-class _Unset:
-    """An option not given (``None`` means something)."""
-
-
-_UNSET: Final = _Unset()
 
 
 class Communicator:
@@ -459,8 +452,8 @@ class Communicator:
         prefetch_count: int | None = None,
         prefetch_size: int = 0,
         *,
-        max_deliveries: int | _Unset | None = _UNSET,
-        consumer_timeout: float | _Unset | None = _UNSET,
+        max_deliveries: int | _Unset | None = UNSET,
+        consumer_timeout: float | _Unset | None = UNSET,
     ) -> TaskQueue:
         """A task queue on the task exchange (declared durable on first use).
 
@@ -488,7 +481,7 @@ class Communicator:
             self.task_prefetch_count if prefetch_count is None else prefetch_count,
             prefetch_size,
             self.task_max_deliveries if isinstance(max_deliveries, _Unset) else max_deliveries,
-            UNSET if isinstance(consumer_timeout, _Unset) else consumer_timeout,
+            consumer_timeout,
         )
 
     def _default_queue(self) -> TaskQueue:

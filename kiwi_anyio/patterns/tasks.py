@@ -38,6 +38,7 @@ from ..exceptions import (
     UnroutableError,
 )
 from ..futures import Future
+from ..hooks import subscriber_failed
 from ..protocol import Channel, Connection, Message
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link
@@ -58,6 +59,9 @@ ANSWERED_KEEP: Final = 10_000  # answered task ids remembered, against duplicate
 
 class _Unset:
     """An option not given (``None`` means something)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
 
 
 UNSET: Final = _Unset()
@@ -513,6 +517,7 @@ class TaskQueue:
                 except concurrent.futures.CancelledError as exc:
                     reply = wire.cancelled_reply(str(exc) or None)
                 except Exception as exc:
+                    subscriber_failed(message, exc)
                     if no_reply:
                         logger.exception("task subscriber %r raised (no reply wanted)", subscriber)
                     reply = typed.attach_error_headers(
