@@ -158,3 +158,92 @@ def test_the_suggested_non_with_style_works(backend: str) -> None:
     finally:
         comm.close()
     assert comm.is_closed()
+
+
+# ---------------------------------------------------------------- issue 20
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_blocking_api_created_inside_a_running_asyncio_loop(broker_url: str, backend: str) -> None:
+    """A Jupyter cell: the communicator is made (and used) while an asyncio loop runs in the
+    calling thread; with the trio backend its primitives must not bind to that loop."""
+    import asyncio
+
+    async def cell() -> list[Any]:
+        comm = kiwi_anyio.connect(broker_url, blocking_backend=backend, **options())
+        with comm as c:
+            c.add_rpc_subscriber(lambda _c, n: n * 2, "double")
+            queue = c.task_queue(f"jupyter-{uuid.uuid4().hex}")
+            queue.add_task_subscriber(lambda _c, t: t + 1)
+            heard = threading.Event()
+            c.add_broadcast_subscriber(lambda *_args: heard.set())
+            c.broadcast_send("hi")
+            return [
+                c.rpc_send("double", 21).result(TIMEOUT),
+                queue.task_send(1).result(TIMEOUT),  # type: ignore[union-attr]
+                heard.wait(TIMEOUT),
+            ]
+
+    assert asyncio.run(cell()) == [42, 2, True]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_rpc_to_a_uuid_identifier(broker_url: str, backend: str) -> None:
+    """kiwiPy formats any identifier into the routing key (plumpy uses a process's UUID)."""
+    pid = uuid.uuid4()
+    with kiwi_anyio.connect(broker_url, blocking_backend=backend, **options()) as comm:
+        assert comm.add_rpc_subscriber(lambda _c, msg: ("got", msg), pid) == str(pid)
+        assert comm.rpc_send(pid, 1).result(TIMEOUT) == ("got", 1)
+        assert comm.rpc_send(str(pid), 2).result(TIMEOUT) == ("got", 2)
+        comm.remove_rpc_subscriber(pid)
+        with pytest.raises(UnroutableError):
+            comm.rpc_send(pid, 3)
+        assert comm.add_rpc_subscriber(lambda _c, msg: msg, 7) == "7"
+        assert comm.rpc_send(7, "seven").result(TIMEOUT) == "seven"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_broadcast_and_rpc_subscribers_come_back_after_the_last_was_removed(
+    broker_url: str, backend: str
+) -> None:
+    """testing_mode's exchange is auto-delete: removing the last queue bound to it deletes
+    it, and a new subscriber must declare it again (not fail with 404 no exchange)."""
+    with kiwi_anyio.connect(broker_url, blocking_backend=backend, **options()) as comm:
+        for round_ in range(2):
+            heard: list[Any] = []
+            got = threading.Event()
+
+            def on_broadcast(_c: Any, body: Any, *_rest: Any) -> None:
+                heard.append(body)  # noqa: B023 - called within this round
+                got.set()  # noqa: B023
+
+            ident = comm.add_broadcast_subscriber(on_broadcast)
+            comm.broadcast_send(round_)
+            assert got.wait(TIMEOUT)
+            assert heard == [round_]
+            comm.remove_broadcast_subscriber(ident)
+            comm.add_rpc_subscriber(lambda _c, msg: msg, "echo")
+            assert comm.rpc_send("echo", round_).result(TIMEOUT) == round_
+            comm.remove_rpc_subscriber("echo")
+
+
+def test_add_close_callback(broker_url: str) -> None:
+    """kiwiPy's close callback: ``cb(communicator, error)`` once, when closed; a weak one
+    is not kept alive by the communicator."""
+    calls: list[tuple[Any, Any]] = []
+
+    class Owner:
+        def on_close(self, sender: Any, error: Any) -> None:
+            calls.append(("weak", error))
+
+    owner = Owner()
+    comm = kiwi_anyio.connect(broker_url, **options()).__enter__()
+    comm.add_close_callback(lambda sender, error: calls.append((sender, error)))
+    comm.add_close_callback(owner.on_close, weak=True)
+    gone = Owner()
+    comm.add_close_callback(gone.on_close, weak=True)
+    del gone
+    assert calls == []
+    comm.close()
+    comm.close()
+    assert calls == [(comm, None), ("weak", None)]
