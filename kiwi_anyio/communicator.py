@@ -30,7 +30,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, cast, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, overload
 
 import anyio
 import anyio.abc
@@ -38,6 +38,7 @@ import anyio.abc
 from . import _wire as wire
 from . import typed
 from ._pending import DEFAULT, Timeout
+from .channel import Connection
 from .codecs import YAML, Codec, codec_from_functions, decoder_for
 from .exceptions import AMQPError, CommunicatorClosed
 from .futures import Future
@@ -49,8 +50,8 @@ from .patterns.requests import Requests
 from .patterns.rpc import Rpc
 from .patterns.serving import Serving, Subscriber
 from .patterns.tasks import UNSET, TaskQueue, Tasks, _Unset
-from .protocol import Connection, parse_url
 from .protocol import connect as amqp_connect
+from .protocol import parse_url
 from .protocol.url import ConnectionParameters
 from .robust.consumer import Consumers
 from .robust.link import Link, LinkState
@@ -402,7 +403,7 @@ class Communicator:
         if self._memory is not None:
             from . import memory
 
-            return cast("AbstractAsyncContextManager[Connection]", memory.connect(self._memory))
+            return memory.connect(self._memory)
         params = self._params
         assert params is not None
         shift = attempt % len(params.addresses)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .protocol import Message, Properties
+from .channel import Message, Properties
 
 __all__ = [
     "DeliveryHandler",

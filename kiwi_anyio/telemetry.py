@@ -50,10 +50,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._version import __version__
-from .channel import Channel
+from .channel import Channel, Message, Properties
 from .channel import Message as MessageInterface
 from .hooks import DeliveryHandler, Outgoing
-from .protocol import Message, Properties
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context

@@ -19,10 +19,10 @@ from typing import Any
 import anyio
 
 from .. import _wire as wire
+from ..channel import Channel, Connection, Message, Properties
 from ..codecs import Codec
 from ..exceptions import AMQPError, DuplicateSubscriberIdentifier, KiwiError, UndecodableMessage
 from ..filters import BroadcastFilter
-from ..protocol import Channel, Connection, Message, Properties
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link, LinkState
 from ..robust.publisher import Publisher

@@ -18,8 +18,8 @@ import anyio
 
 from .. import _wire as wire
 from .. import typed
+from ..channel import Message
 from ..futures import Future
-from ..protocol import Message
 
 if TYPE_CHECKING:
     from .tasks import TaskQueue

@@ -37,8 +37,8 @@ from typing import Any, Final
 import anyio
 
 from .. import _wire as wire
+from ..channel import Message, Properties
 from ..exceptions import DeliveryFailed, MessageReturned, TaskDeadLettered
-from ..protocol import Message, Properties
 from ..robust.link import Link
 from ..robust.publisher import Publisher
 from ..robust.settling import SETTLE_TIMEOUT

@@ -23,10 +23,11 @@ from typing import Any
 import anyio
 
 from .. import _wire as wire
+from .. import typed
 from .._pending import PendingReplies
+from ..channel import Channel, Connection, Message, Properties
 from ..exceptions import ChannelClosed, KiwiError, UndecodableMessage
 from ..futures import Future
-from ..protocol import Channel, Connection, Message, Properties
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link
 from ..robust.publisher import Publisher
@@ -304,6 +305,6 @@ class Requests:
         elif kind is wire.CANCELLED:
             future.cancel()
         elif kind == wire.EXCEPTION_KEY:
-            future.set_exception(value)
+            future.set_exception(typed.rebuild_remote_error(value, message.properties.headers))
         else:
             future.set_result(value)

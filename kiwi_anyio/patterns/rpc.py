@@ -23,7 +23,9 @@ from typing import Any
 import anyio
 
 from .. import _wire as wire
+from .. import typed
 from .._pending import DEFAULT, Timeout
+from ..channel import Channel, Connection, Message
 from ..codecs import Codec
 from ..exceptions import (
     AMQPError,
@@ -36,7 +38,6 @@ from ..exceptions import (
     UnroutableError,
 )
 from ..futures import Future
-from ..protocol import Channel, Connection, Message
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link, LinkState
 from ..robust.settling import SETTLE_TIMEOUT
@@ -280,7 +281,7 @@ class Rpc:
                 reply = wire.cancelled_reply(str(exc) or None)
             except Exception as exc:
                 logger.info("RPC subscriber %r raised %r", subscriber, exc)
-                reply = wire.exception_reply(exc)
+                reply = typed.attach_error_headers(wire.exception_reply(exc), exc)
             else:
                 reply = wire.result_reply(result)
             handed_off = await serving.settle(message, reply, self.exchange)

@@ -32,6 +32,7 @@ import anyio.to_thread
 
 from .. import _wire as wire
 from .. import typed
+from ..channel import Message, Properties
 from ..codecs import Codec, decoder_for
 from ..exceptions import (
     AMQPError,
@@ -42,7 +43,6 @@ from ..exceptions import (
     UndecodableMessage,
 )
 from ..futures import Future
-from ..protocol import Message, Properties
 from ..robust.link import Link, LinkState
 from ..robust.publisher import Publisher
 from ..robust.settling import SettleBounds

@@ -24,6 +24,7 @@ import anyio
 from .. import _wire as wire
 from .. import typed
 from .._pending import DEFAULT, Timeout
+from ..channel import Channel, Connection, Message
 from ..codecs import Codec
 from ..exceptions import (
     ChannelClosed,
@@ -39,7 +40,6 @@ from ..exceptions import (
 )
 from ..futures import Future
 from ..hooks import subscriber_failed
-from ..protocol import Channel, Connection, Message
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link
 from ..robust.publisher import Publisher

@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 
 from .._signal import new_signal
+from ..channel import Channel, Connection, Message
 from ..exceptions import (
     AMQPError,
     ChannelClosed,
@@ -31,7 +32,6 @@ from ..exceptions import (
     DeliveryFailed,
     DuplicateSubscriberIdentifier,
 )
-from ..protocol import Channel, Connection, Message
 from .link import Link, LinkState
 from .settling import SETTLE_TIMEOUT, SettleBounds
 

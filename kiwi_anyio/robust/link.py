@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ..channel import Channel, Connection
 from ..exceptions import (
     AMQPError,
     AuthenticationError,
@@ -34,7 +35,6 @@ from ..exceptions import (
     ProtocolError,
     VhostNotFound,
 )
-from ..protocol import Channel, Connection
 from .backoff import ReconnectBackoff
 
 __all__ = ["Link", "LinkState"]

@@ -21,6 +21,7 @@ from typing import Final
 
 import anyio
 
+from ..channel import Channel, Properties
 from ..exceptions import (
     ChannelClosed,
     CommunicatorClosed,
@@ -30,7 +31,6 @@ from ..exceptions import (
     PublishNacked,
 )
 from ..hooks import Hooks, Outgoing
-from ..protocol import Channel, Properties
 from .link import Link, LinkState
 from .settling import SETTLE_TIMEOUT
 

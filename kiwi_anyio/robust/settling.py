@@ -19,7 +19,7 @@ from typing import Final
 
 import anyio
 
-from ..protocol import Channel
+from ..channel import Channel
 
 __all__ = ["SETTLE_TIMEOUT", "SettleBounds"]
 
