@@ -508,7 +508,9 @@ class Communicator:
         """Send a task to the default queue (see :meth:`TaskQueue.task_send`).
 
         Cancellation: cancelled before the broker's confirm, the task may or may not have
-        been queued, and no future is returned.
+        been queued, and no future is returned. Cancelling an ``await`` of the future
+        cancels the future (its result is dropped; the task itself is still done); awaiting
+        it again raises ``concurrent.futures.CancelledError``.
         """
         self._entered("task_send")
         return self._default_queue().task_send(task, no_reply, timeout=timeout)

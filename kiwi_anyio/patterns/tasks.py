@@ -345,7 +345,9 @@ class TaskQueue:
                 it elects a new leader).
 
         Cancellation: cancelled before the broker's confirm, the task may or may not have
-        been queued, and no future is returned.
+        been queued, and no future is returned. Cancelling an ``await`` of the future
+        cancels the future (its result is dropped; the task itself is still done); awaiting
+        it again raises ``concurrent.futures.CancelledError``.
         """
         tasks = self._tasks
         tasks.link.check_open()
