@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -35,8 +36,8 @@ from kiwi_anyio.exceptions import (
     UnroutableError,
     VhostNotFound,
 )
+from kiwi_anyio.protocol import Properties, parse_url
 from kiwi_anyio.protocol import connect as amqp_connect
-from kiwi_anyio.protocol import parse_url
 from kiwi_anyio.testing.pytest_plugin import private_names
 from kiwi_anyio.testing.rabbitmq import RabbitMQBroker
 
@@ -611,3 +612,65 @@ async def test_futures_pending_at_close(url: str) -> None:
                 await started.wait()
             with pytest.raises(CommunicatorClosed, match="closed"):
                 await future.wait(5)
+
+
+# --------------------------------------------------------------------------- hostile error types
+
+HOSTILE_TYPES = [
+    "os.system",
+    "subprocess.Popen",
+    "kiwi_hostile_never_imported.Boom",
+    "builtins.eval",
+    "x" * 5000,
+]
+
+
+@pytest.mark.parametrize("remote_type", HOSTILE_TYPES, ids=lambda t: t[:40])
+async def test_a_reply_naming_a_hostile_error_type_constructs_nothing(
+    url: str, remote_type: str
+) -> None:
+    """A peer answers an RPC with an exception reply whose type (in the body and in the
+    typed-error headers) names a function or a module, with a huge traceback: the caller
+    gets a plain RemoteException carrying the text; nothing is imported or called."""
+    from kiwi_anyio.typed import ERROR_BASES_HEADER, ERROR_TYPE_HEADER
+
+    identifier = unique("hostile")
+    options = private_names("bad")
+    huge_traceback = "Traceback (most recent call last):\n" + "  boom\n" * 200_000
+    with anyio.fail_after(30):
+        async with (
+            kiwi_anyio.connect(url, **options) as comm,
+            raw_connection(url) as conn,
+            conn.channel(publisher_confirms=True) as ch,
+        ):
+            exchange = options["message_exchange"]
+            await ch.exchange_declare(exchange, "topic", auto_delete=True)
+            queue = (await ch.queue_declare("", exclusive=True)).queue
+            await ch.queue_bind(queue, exchange, routing_key=wire.rpc_routing_key(identifier))
+            future = await comm.rpc_send(identifier, "hello")
+            async with ch.basic_consume(queue) as requests:
+                request = await requests.__anext__()
+                reply = {
+                    wire.EXCEPTION_KEY: "you asked for it",
+                    wire.EXCEPTION_TYPE_KEY: remote_type,
+                    wire.TRACEBACK_KEY: huge_traceback,
+                }
+                await ch.basic_publish(
+                    YAML.encode(reply),
+                    routing_key=request.properties.reply_to,
+                    properties=Properties(
+                        content_type=YAML.content_type,
+                        correlation_id=request.properties.correlation_id,
+                        headers={
+                            ERROR_TYPE_HEADER: remote_type,
+                            ERROR_BASES_HEADER: "os.system,builtins.SystemExit",
+                        },
+                    ),
+                )
+                request.ack()
+            with pytest.raises(RemoteException) as info:
+                await future
+    assert type(info.value) is RemoteException
+    assert str(info.value) == "you asked for it"
+    assert info.value.remote_type == remote_type
+    assert "kiwi_hostile_never_imported" not in sys.modules
