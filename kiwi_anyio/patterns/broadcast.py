@@ -23,6 +23,7 @@ from ..channel import Channel, Connection, Message, Properties
 from ..codecs import Codec
 from ..exceptions import AMQPError, DuplicateSubscriberIdentifier, KiwiError, UndecodableMessage
 from ..filters import BroadcastFilter
+from ..hooks import subscriber_failed
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link, LinkState
 from ..robust.publisher import Publisher
@@ -183,7 +184,8 @@ class Broadcasts:
                             return
                         subscriber = subscriber.subscriber
                     await serving.call(subscriber, *args)
-                except Exception:
+                except Exception as exc:
+                    subscriber_failed(message, exc)
                     logger.exception("broadcast subscriber %r raised", subscriber)
 
             async with anyio.create_task_group() as tg:
