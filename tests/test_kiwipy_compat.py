@@ -394,6 +394,19 @@ def test_a_subscriber_removed_while_it_answers_still_replies(
         thread_comm.rpc_send(pid, "again")
 
 
+def test_an_rpc_subscriber_added_again_at_once_after_its_removal(
+    thread_comm: rmq.RmqThreadCommunicator,
+) -> None:
+    """The removal drains in the background; adding the identifier again meanwhile must
+    not have its new queue deleted by the old removal."""
+    for round_ in range(10):
+        thread_comm.add_rpc_subscriber(lambda _c, msg: msg, "again")
+        assert thread_comm.rpc_send("again", round_).result(TIMEOUT) == round_
+        thread_comm.remove_rpc_subscriber("again")
+        with pytest.raises(kiwipy.UnroutableError):
+            thread_comm.rpc_send("again", None)
+
+
 def test_plumpy_style_loop_wrapper(thread_comm: rmq.RmqThreadCommunicator) -> None:
     """What plumpy's LoopCommunicator does: subscribers scheduled on the caller's asyncio
     loop, answered with thread futures; the caller awaits ``asyncio.wrap_future``."""

@@ -23,7 +23,6 @@ from typing import Any
 import anyio
 
 from .. import _wire as wire
-from .. import typed
 from .._pending import DEFAULT, Timeout
 from ..channel import Channel, Connection, Message
 from ..codecs import Codec
@@ -83,6 +82,8 @@ class Rpc:
         self.queue_expires = queue_expires
         self._timeout = timeout
         self.subscribers: dict[str, tuple[str, ConsumerHandle]] = {}
+        # queues of removed subscribers still draining: (the drain's scope, set when deleted)
+        self._removing: dict[str, tuple[anyio.CancelScope, anyio.Event]] = {}
 
     async def send(self, recipient_id: Any, msg: Any, *, timeout: Timeout = DEFAULT) -> Future[Any]:
         """See :meth:`kiwi_anyio.Communicator.rpc_send`.
@@ -122,6 +123,10 @@ class Rpc:
         if identifier in self.subscribers:
             raise DuplicateSubscriberIdentifier(f"RPC subscriber {identifier!r} already exists")
         queue = f"{self.exchange}.rpc.{identifier}"
+        removing = self._removing.get(queue)
+        if removing is not None:  # removed a moment ago and draining: cut it short
+            removing[0].cancel()
+            await removing[1].wait()
         placeholder = ConsumerHandle(self._consumers._bounds)
         self.subscribers[identifier] = (queue, placeholder)
 
@@ -211,6 +216,7 @@ class Rpc:
                     )
                 except (DeliveryFailed, AMQPError) as exc:
                     logger.warning("could not unbind RPC queue %r: %s", queue, exc)
+        self._removing[queue] = (anyio.CancelScope(), anyio.Event())
         if background and self._link.tg is not None:
             self._link.tg.start_soon(self._stop_and_delete, queue, handle, drain_timeout)
         else:
@@ -219,20 +225,29 @@ class Rpc:
     async def _stop_and_delete(
         self, queue: str, handle: ConsumerHandle, drain_timeout: float
     ) -> None:
-        if drain_timeout > 0:
-            handle.draining = True
-            if handle.receiving is not None:
-                handle.receiving.cancel()
-            with anyio.move_on_after(drain_timeout):
-                await handle.done.wait()
-        await handle.stop()
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._link.declare(lambda ch: ch.queue_delete(queue), f"RPC queue {queue!r}")
-            except (DeliveryFailed, AMQPError) as exc:
-                logger.warning("could not delete RPC queue %r: %s", queue, exc)
-            else:
-                _forget_auto_delete_exchange(self._link, self.exchange)
+        scope, deleted = self._removing[queue]
+        try:
+            if drain_timeout > 0:
+                handle.draining = True
+                if handle.receiving is not None:
+                    handle.receiving.cancel()
+                with scope:
+                    scope.deadline = anyio.current_time() + drain_timeout
+                    await handle.done.wait()
+            await handle.stop()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._link.declare(
+                        lambda ch: ch.queue_delete(queue), f"RPC queue {queue!r}"
+                    )
+                except (DeliveryFailed, AMQPError) as exc:
+                    logger.warning("could not delete RPC queue %r: %s", queue, exc)
+                else:
+                    _forget_auto_delete_exchange(self._link, self.exchange)
+        finally:
+            if self._removing.get(queue, (None,))[0] is scope:
+                del self._removing[queue]
+            deleted.set()
 
     @asynccontextmanager
     async def scoped(
@@ -281,7 +296,7 @@ class Rpc:
                 reply = wire.cancelled_reply(str(exc) or None)
             except Exception as exc:
                 logger.info("RPC subscriber %r raised %r", subscriber, exc)
-                reply = typed.attach_error_headers(wire.exception_reply(exc), exc)
+                reply = wire.exception_reply(exc)
             else:
                 reply = wire.result_reply(result)
             handed_off = await serving.settle(message, reply, self.exchange)
