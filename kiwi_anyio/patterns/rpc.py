@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 
 from .. import _wire as wire
+from .. import typed
 from .._pending import DEFAULT, Timeout
 from ..channel import Channel, Connection, Message
 from ..codecs import Codec
@@ -296,7 +297,7 @@ class Rpc:
                 reply = wire.cancelled_reply(str(exc) or None)
             except Exception as exc:
                 logger.info("RPC subscriber %r raised %r", subscriber, exc)
-                reply = wire.exception_reply(exc)
+                reply = typed.attach_error_headers(wire.exception_reply(exc), exc)
             else:
                 reply = wire.result_reply(result)
             handed_off = await serving.settle(message, reply, self.exchange)
