@@ -266,10 +266,17 @@ class TaskQueue:
         self._declared = False
         self._channel: Channel | None = None
         self._consumer: ConsumerHandle | None = None
-        self._lock = anyio.Lock()
+        self._lock_: anyio.Lock | None = None  # made on first use, in the loop
 
     def __repr__(self) -> str:
         return f"<TaskQueue {self.name!r} on {self.exchange!r}>"
+
+    @property
+    def _lock(self) -> anyio.Lock:
+        """Made on first use, inside the communicator's loop (a queue may be made outside)."""
+        if self._lock_ is None:
+            self._lock_ = anyio.Lock()
+        return self._lock_
 
     def _is_declared(self) -> bool:
         return self._declared

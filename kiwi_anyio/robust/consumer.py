@@ -164,7 +164,8 @@ class Consumers:
         self.handles: set[ConsumerHandle] = set()
         # the connection each running consumer consumes on (recovery waits for all of them)
         self._consuming_on: dict[ConsumerHandle, Connection] = {}
-        self._changed = anyio.Event()
+        # made in the loop (by wait_restored): the communicator may be created outside it
+        self._changed: anyio.Event | None = None
         link.on_restored(self.wait_restored)
 
     async def start(
@@ -235,7 +236,8 @@ class Consumers:
             self._consuming_on.pop(handle, None)
         else:
             self._consuming_on[handle] = connection
-        self._changed.set()
+        if self._changed is not None:
+            self._changed.set()
 
     async def _run(
         self,
