@@ -38,6 +38,7 @@ from ..exceptions import (
     UnroutableError,
 )
 from ..futures import Future
+from ..hooks import subscriber_failed
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link, LinkState
 from ..robust.settling import SETTLE_TIMEOUT
@@ -296,6 +297,7 @@ class Rpc:
             except concurrent.futures.CancelledError as exc:
                 reply = wire.cancelled_reply(str(exc) or None)
             except Exception as exc:
+                subscriber_failed(message, exc)
                 logger.info("RPC subscriber %r raised %r", subscriber, exc)
                 reply = typed.attach_error_headers(wire.exception_reply(exc), exc)
             else:
