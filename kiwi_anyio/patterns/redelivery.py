@@ -39,7 +39,7 @@ import anyio
 from .. import _wire as wire
 from ..channel import Message, Properties
 from ..exceptions import DeliveryFailed, MessageReturned, TaskDeadLettered
-from ..robust.link import Link
+from ..robust.link import Link, broker_version
 from ..robust.publisher import Publisher
 from ..robust.settling import SETTLE_TIMEOUT
 from .serving import REPLY_EXCHANGE, Serving
@@ -264,10 +264,9 @@ class Redelivery:
 
     def _broker_has_ttls(self) -> bool:
         connection = self._link.connection
-        product = connection.server_properties.get("product") if connection else None
-        if isinstance(product, bytes):
-            product = product.decode("utf-8", "replace")
-        return product == "RabbitMQ"
+        return connection is not None and (
+            broker_version(connection.server_properties)[0] == "RabbitMQ"
+        )
 
     async def _move(self, queue: str, message: Message, properties: Properties) -> None:
         """Publish a copy to ``queue`` (confirmed), then ack the original; shielded (within

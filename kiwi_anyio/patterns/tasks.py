@@ -15,7 +15,7 @@ import collections
 import concurrent.futures
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal, overload
 
@@ -41,7 +41,7 @@ from ..exceptions import (
 from ..futures import Future
 from ..hooks import subscriber_failed
 from ..robust.consumer import ConsumerHandle, Consumers
-from ..robust.link import Link
+from ..robust.link import Link, broker_version
 from ..robust.publisher import Publisher
 from .pull import IncomingTask, TaskIterator
 from .redelivery import DEFAULT_MAX_DELIVERIES, DeadLetter, DeadLetters, Redelivery, Verdict
@@ -70,44 +70,20 @@ UNSET: Final = _Unset()
 MAX_CONSUMER_TIMEOUT_MS: Final = 2**31 - 1
 
 
-def _version(server_properties: dict[str, Any]) -> tuple[str | None, tuple[int, ...]]:
-    product = server_properties.get("product")
-    version = server_properties.get("version")
-    if isinstance(product, bytes):
-        product = product.decode("utf-8", "replace")
-    if isinstance(version, bytes):
-        version = version.decode("utf-8", "replace")
-    numbers: list[int] = []
-    if isinstance(version, str):
-        for part in version.split("."):
-            if not part.isdigit():
-                break
-            numbers.append(int(part))
-    return (product if isinstance(product, str) else None), tuple(numbers)
-
-
-def consumer_timeout_supported(server_properties: dict[str, Any]) -> bool:
+def consumer_timeout_supported(server_properties: Mapping[str, Any]) -> bool:
     """Whether the broker takes ``x-consumer-timeout`` on ``basic.consume``: RabbitMQ 3.12+."""
-    product, version = _version(server_properties)
+    product, version = broker_version(server_properties)
     return product == "RabbitMQ" and version >= (3, 12)
 
 
-def transient_queues_permitted(server_properties: dict[str, Any]) -> bool:
+def transient_queues_permitted(server_properties: Mapping[str, Any]) -> bool:
     """Whether a transient queue that is not exclusive may be declared: on RabbitMQ 3.x.
 
     RabbitMQ 4.3 denies them by default and 4.0-4.2 may be configured to; ``memory://``
     follows 4.3.
     """
-    product = server_properties.get("product")
-    version = server_properties.get("version")
-    if isinstance(product, bytes):
-        product = product.decode("utf-8", "replace")
-    if isinstance(version, bytes):
-        version = version.decode("utf-8", "replace")
-    if product != "RabbitMQ" or not isinstance(version, str):
-        return False
-    major = version.split(".", 1)[0]
-    return major.isdigit() and int(major) < 4
+    product, version = broker_version(server_properties)
+    return product == "RabbitMQ" and bool(version) and version[0] < 4
 
 
 class Tasks:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -37,11 +37,29 @@ from ..exceptions import (
 )
 from .backoff import ReconnectBackoff
 
-__all__ = ["Link", "LinkState"]
+__all__ = ["Link", "LinkState", "broker_version"]
 
 logger = logging.getLogger("kiwi_anyio.communicator")
 
 Listener = Callable[[str, BaseException | None], object]
+
+
+def broker_version(server_properties: Mapping[str, Any]) -> tuple[str | None, tuple[int, ...]]:
+    """The broker's product name and version numbers (``("RabbitMQ", (4, 0, 5))``), from
+    its server properties (``(None, ())`` where they are missing)."""
+    product = server_properties.get("product")
+    version = server_properties.get("version")
+    if isinstance(product, bytes):
+        product = product.decode("utf-8", "replace")
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    numbers: list[int] = []
+    if isinstance(version, str):
+        for part in version.split("."):
+            if not part.isdigit():
+                break
+            numbers.append(int(part))
+    return (product if isinstance(product, str) else None), tuple(numbers)
 
 
 class LinkState(enum.Enum):
