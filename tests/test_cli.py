@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
+import anyio
 import pytest
 
+import kiwi_anyio
+from kiwi_anyio.codecs import YAML, codec_from_functions
+from kiwi_anyio.exceptions import RemoteException
 from tests.test_examples import Program
 
 pytestmark = pytest.mark.broker
@@ -282,3 +289,204 @@ def test_work_and_listen_print_counts(broker_url: str, background: Callable[...,
         program.process.send_signal(signal.SIGINT)
         assert program.finish() == 130
         assert any(line.startswith(f"stopped after {count}") for line in program.seen)
+
+
+# --------------------------------------------------------------------------- the running summary
+
+#: the running line of ``task work`` and ``listen`` on a terminal
+RUNNING = re.compile(
+    r"^(?P<handled>[\d,]+) handled · (?P<failed>[\d,]+) failed · [\d,.]+/s "
+    r"\(last (?P<every>[\d.]+) s\) · \d+ s$"
+)
+
+
+def render(shown: str) -> list[str]:
+    """The lines a terminal shows for ``shown``: ``\\r`` goes back to the start of the line,
+    ``ESC [K`` clears to its end, ``\\n`` starts a new line, other text overwrites."""
+    lines, column = [""], 0
+    for part in re.split(r"(\x1b\[K|\r|\n)", shown):
+        line = lines[-1]
+        if part == "\x1b[K":
+            lines[-1] = line[:column]
+        elif part == "\r":
+            column = 0
+        elif part == "\n":
+            lines.append("")
+            column = 0
+        elif part:
+            lines[-1] = line[:column].ljust(column) + part + line[column + len(part) :]
+            column += len(part)
+    return lines
+
+
+def test_render_is_a_terminal() -> None:
+    assert render("abc\rX") == ["Xbc"]
+    assert render("abc\r\x1b[Kd\r\n") == ["d", ""]
+    assert render("12 handled\rtask: 1\r\n") == ["task: 1led", ""]  # what clearing prevents
+
+
+class Terminal:
+    """``python -m kiwi_anyio --url URL ARGS`` with stdout and stderr on one pseudo-terminal;
+    a thread collects what the terminal shows."""
+
+    def __init__(self, url: str, *args: str) -> None:
+        master, slave = os.openpty()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kiwi_anyio", "--url", url, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        os.close(slave)
+        self._master = master
+        self._shown = bytearray()
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._master, 4096)
+            except OSError:  # EIO: the program closed the terminal
+                return
+            if not chunk:
+                return
+            with self._lock:
+                self._shown += chunk
+
+    @property
+    def shown(self) -> str:
+        with self._lock:
+            return self._shown.decode(errors="replace")
+
+    def screen(self) -> list[str]:
+        return render(self.shown)
+
+    def wait_for_running(self, handled: int, failed: int, timeout: float = 20) -> str:
+        """The running line (the terminal's last line) once it shows these counts."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = self.screen()[-1]
+            match = RUNNING.match(last)
+            if match and (match["handled"], match["failed"]) == (str(handled), str(failed)):
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"no running line {handled} handled, {failed} failed: {self.screen()}")
+
+    def wait_for_line(self, text: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.screen()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not shown: {self.screen()}")
+            time.sleep(0.05)
+
+    def interrupt(self, timeout: float = 20) -> int:
+        """Ctrl-C; the exit code (the output read to the end)."""
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._reader.join(10)
+        os.close(self._master)
+
+
+@pytest.fixture
+def terminal(broker_url: str) -> Iterator[Callable[..., Terminal]]:
+    started: list[Terminal] = []
+
+    def start(*args: str) -> Terminal:
+        started.append(Terminal(broker_url, *args))
+        return started[-1]
+
+    yield start
+    for program in started:
+        program.close()
+
+
+#: a codec that sends a body no YAML decoder accepts, and reads replies as YAML
+UNDECODABLE = codec_from_functions(lambda _obj: b"{unclosed: [", YAML.decode, "application/yaml")
+
+
+def send(url: str, queue: str | None = None, subject: str | None = None) -> None:
+    """To ``queue``, the task "hello" and one undecodable task (each answered before it
+    returns); or, with ``subject``, the broadcast "hello" and an undecodable one."""
+
+    async def main() -> None:
+        with anyio.fail_after(30):
+            async with (
+                kiwi_anyio.connect(url) as comm,
+                kiwi_anyio.connect(url, codec=UNDECODABLE) as bad,
+            ):
+                if subject is not None:
+                    await comm.broadcast_send("hello", subject=subject)
+                    await bad.broadcast_send("hello", subject=subject)
+                    return
+                assert queue is not None
+                future = await comm.task_queue(queue).task_send("hello")
+                assert future is not None and await future.wait(20) == "hello"
+                future = await bad.task_queue(queue).task_send("hello")
+                assert future is not None
+                with pytest.raises(RemoteException, match="YAML"):
+                    await future.wait(20)
+
+    anyio.run(main)
+
+
+def test_task_work_keeps_a_running_line_on_a_terminal(
+    broker_url: str, terminal: Callable[..., Terminal]
+) -> None:
+    queue = f"cli-{uuid.uuid4().hex}"
+    worker = terminal("task", "work", "--queue", queue)
+    worker.wait_for_line("working on")
+    first = worker.wait_for_running(0, 0)  # every 2 s by default
+    assert "(last 2 s)" in first
+    send(broker_url, queue=queue)
+    worker.wait_for_running(1, 1)
+    screen = worker.screen()
+    # the data line was written while the running line was shown: it has a line of its own
+    assert "task: 'hello'" in screen, screen
+    # rewritten in place: only the last line is a running line
+    assert not any(RUNNING.match(line) for line in screen[:-1]), screen
+    assert "so far" not in worker.shown
+    assert worker.interrupt() == 130
+    screen = [line for line in worker.screen() if line]
+    assert not any(RUNNING.match(line) for line in screen), screen  # cleared at exit
+    assert screen[-1].startswith("stopped after 1 task in "), screen
+    assert re.search(r"\(1 failed, [\d.]+/s\)$", screen[-1]), screen
+
+
+def test_listen_counts_failed_broadcasts_on_a_terminal(
+    broker_url: str, terminal: Callable[..., Terminal]
+) -> None:
+    subject = f"tty.{uuid.uuid4().hex}"
+    listener = terminal("listen", "--subject", subject, "--report-every", "0.3", "--jsonl")
+    listener.wait_for_line("listening")
+    assert "(last 0.3 s)" in listener.wait_for_running(0, 0)
+    send(broker_url, subject=subject)
+    listener.wait_for_running(1, 1)
+    heard = [line for line in listener.screen() if line.startswith("{")]
+    assert [json.loads(line)["body"] for line in heard] == ["hello"], listener.screen()
+    assert listener.interrupt() == 130
+    last = [line for line in listener.screen() if line][-1]
+    assert last.startswith("stopped after 1 broadcast in ") and "(1 failed, " in last
+
+
+def test_no_running_line_when_piped(broker_url: str, background: Callable[..., Program]) -> None:
+    queue = f"cli-{uuid.uuid4().hex}"
+    worker = background("task", "work", "--queue", queue)
+    worker.wait_for("working on")
+    send(broker_url, queue=queue)
+    worker.wait_for("task: 'hello'")
+    time.sleep(2.5)  # longer than a terminal's interval
+    worker.process.send_signal(signal.SIGINT)
+    assert worker.finish() == 130
+    assert not any("handled" in line or "so far" in line or "\r" in line for line in worker.seen)
+    assert worker.seen[-1].startswith("stopped after 1 task in "), worker.seen
+    assert "(1 failed, " in worker.seen[-1], worker.seen

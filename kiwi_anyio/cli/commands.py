@@ -14,15 +14,17 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 import sniffio
 
-from .. import BroadcastFilter, RemoteException, UnroutableError
+from .. import BroadcastFilter, Communicator, RemoteException, UnroutableError
 from .. import connect as kiwi_connect
 from .output import EXIT_OK, Output, parse_message
-from .progress import Counts, report_every
+from .progress import Counts, count_failures, report_every, report_interval
 
 
 async def demo(url: str, out: Any = sys.stdout) -> None:
@@ -95,17 +97,12 @@ async def demo(url: str, out: Any = sys.stdout) -> None:
         say("done")
 
 
-def _output(args: argparse.Namespace, out: Any) -> Output:
-    return Output(out, getattr(args, "jsonl", False))
-
-
 def _message(args: argparse.Namespace, name: str) -> Any:
     return parse_message(getattr(args, name), getattr(args, "parse", "yaml"))
 
 
-async def task_send(url: str, args: argparse.Namespace, out: Any) -> int:
+async def task_send(url: str, args: argparse.Namespace, show: Output) -> int:
     """``task send``: send a task and print its result (unless --no-reply)."""
-    show = _output(args, out)
     task = _message(args, "task")
     async with kiwi_connect(url) as comm:
         queue = comm.task_queue(args.queue) if args.queue else comm._default_queue()
@@ -117,31 +114,52 @@ async def task_send(url: str, args: argparse.Namespace, out: Any) -> int:
     return EXIT_OK
 
 
-async def task_work(url: str, args: argparse.Namespace, out: Any) -> int:
+async def task_work(url: str, args: argparse.Namespace, show: Output) -> int:
     """``task work``: print each task and answer it until cancelled (Ctrl-C)."""
-    show = _output(args, out)
     answer = _message(args, "answer") if args.answer is not None else None
     counts: Counts = args.counts
 
     async def work(_comm: Any, task: Any) -> Any:
-        counts.handled += 1
         show.data(f"task: {task!r}", task=task)
+        counts.handled += 1
         return answer if args.answer is not None else task
 
     async with kiwi_connect(url) as comm:
         queue = comm.task_queue(args.queue, prefetch_count=args.prefetch) if args.queue else None
         target = queue or comm._default_queue()
-        async with target.task_subscriber(work), anyio.create_task_group() as tg:
-            counts.started, counts.running = time.monotonic(), True
-            tg.start_soon(report_every, counts, args.report_every)
-            show.status(f"working on {target.name!r}; Ctrl-C to stop")
-            await anyio.sleep_forever()
+        await _serve_counted(
+            comm,
+            args,
+            show,
+            f"task queue {target.name!r}",
+            lambda: target.task_subscriber(work),
+            f"working on {target.name!r}; Ctrl-C to stop",
+        )
     return EXIT_OK
 
 
-async def task_dead_letters(url: str, args: argparse.Namespace, out: Any) -> int:
+async def _serve_counted(
+    comm: Communicator,
+    args: argparse.Namespace,
+    show: Output,
+    consumer: str,
+    subscribe: Callable[[], AbstractAsyncContextManager[Any]],
+    started: str,
+) -> None:
+    """Subscribe (failures of ``consumer`` counted in ``args.counts``), say ``started`` and
+    report the counts until cancelled."""
+    counts: Counts = args.counts
+    comm.hooks.add_delivery_middleware(count_failures(counts, consumer))
+    every = report_interval(args.report_every, show.terminal)
+    async with subscribe(), anyio.create_task_group() as tg:
+        counts.start()
+        tg.start_soon(report_every, counts, show, every)
+        show.status(started)
+        await anyio.sleep_forever()
+
+
+async def task_dead_letters(url: str, args: argparse.Namespace, show: Output) -> int:
     """``task dead-letters``: list, requeue (--requeue) or purge (--purge) them."""
-    show = _output(args, out)
     async with kiwi_connect(url) as comm:
         queue = comm.task_queue(args.queue) if args.queue else comm._default_queue()
         if args.requeue:
@@ -166,9 +184,8 @@ async def task_dead_letters(url: str, args: argparse.Namespace, out: Any) -> int
     return EXIT_OK
 
 
-async def rpc_call(url: str, args: argparse.Namespace, out: Any) -> int:
+async def rpc_call(url: str, args: argparse.Namespace, show: Output) -> int:
     """``rpc call``: send a message to an RPC subscriber and print the reply."""
-    show = _output(args, out)
     message = _message(args, "message")
     async with kiwi_connect(url) as comm:
         future = await comm.rpc_send(args.identifier, message)
@@ -177,9 +194,8 @@ async def rpc_call(url: str, args: argparse.Namespace, out: Any) -> int:
     return EXIT_OK
 
 
-async def broadcast_send(url: str, args: argparse.Namespace, out: Any) -> int:
+async def broadcast_send(url: str, args: argparse.Namespace, show: Output) -> int:
     """``broadcast send``: send one broadcast."""
-    show = _output(args, out)
     body = _message(args, "body")
     async with kiwi_connect(url) as comm:
         await comm.broadcast_send(body, sender=args.sender, subject=args.subject)
@@ -187,13 +203,11 @@ async def broadcast_send(url: str, args: argparse.Namespace, out: Any) -> int:
     return EXIT_OK
 
 
-async def listen(url: str, args: argparse.Namespace, out: Any) -> int:
+async def listen(url: str, args: argparse.Namespace, show: Output) -> int:
     """``listen``: print the broadcasts that match until cancelled (Ctrl-C)."""
-    show = _output(args, out)
     counts: Counts = args.counts
 
-    def heard(_comm: Any, body: Any, sender: Any, subject: Any, correlation_id: Any) -> None:
-        counts.handled += 1
+    async def heard(_comm: Any, body: Any, sender: Any, subject: Any, correlation_id: Any) -> None:
         show.data(
             f"{subject} from {sender}: {body!r}",
             subject=subject,
@@ -201,20 +215,23 @@ async def listen(url: str, args: argparse.Namespace, out: Any) -> int:
             body=body,
             correlation_id=correlation_id,
         )
+        counts.handled += 1
 
     async with kiwi_connect(url) as comm:
         listener = BroadcastFilter(heard, subject=args.subject, sender=args.sender)
-        async with comm.broadcast_subscriber(listener), anyio.create_task_group() as tg:
-            counts.started, counts.running = time.monotonic(), True
-            tg.start_soon(report_every, counts, args.report_every)
-            show.status("listening; Ctrl-C to stop")
-            await anyio.sleep_forever()
+        await _serve_counted(
+            comm,
+            args,
+            show,
+            "broadcasts",
+            lambda: comm.broadcast_subscriber(listener),
+            "listening; Ctrl-C to stop",
+        )
     return EXIT_OK
 
 
-async def ping(url: str, args: argparse.Namespace, out: Any) -> int:
+async def ping(url: str, args: argparse.Namespace, show: Output) -> int:
     """``ping``: connect, print the broker's properties and the time of one RPC."""
-    show = _output(args, out)
     start = time.perf_counter()
     async with kiwi_connect(url) as comm:
         connected = (time.perf_counter() - start) * 1000
@@ -239,7 +256,7 @@ async def ping(url: str, args: argparse.Namespace, out: Any) -> int:
     return EXIT_OK
 
 
-async def run_demo(url: str, args: argparse.Namespace, out: Any) -> int:
+async def run_demo(url: str, args: argparse.Namespace, show: Output) -> int:
     """``demo``: see :func:`demo`."""
-    await demo(url, out)
+    await demo(url, show.out)
     return EXIT_OK

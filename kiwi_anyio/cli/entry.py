@@ -63,8 +63,12 @@ def main(argv: Sequence[str] | None = None, out: Any = None) -> int:
             f"{url} is a broker inside one process, so `{command_name(args)}` would only talk to "
             "itself: give an amqp:// URL (memory:// works with demo and ping)",
         )
+    show = Output(out, getattr(args, "jsonl", False))
     try:
-        return int(anyio.run(args.run, url, args, out, backend=args.backend))
+        try:
+            return int(anyio.run(args.run, url, args, show, backend=args.backend))
+        finally:
+            show.end_running()  # before an error line or the summary
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `kiwi-anyio listen | head`: the reader is gone
@@ -93,4 +97,4 @@ def main(argv: Sequence[str] | None = None, out: Any = None) -> int:
         raise
     finally:
         if counts is not None and counts.running:
-            Output.status(f"stopped after {counts.line()}")
+            show.status(f"stopped after {counts.summary()}")

@@ -33,7 +33,8 @@ them as JSON instead (invalid JSON is a usage error); --raw sends the text as ty
 
 Output: results, tasks and broadcasts go to stdout, one per line (--jsonl: one JSON object
 per line); progress, counts and errors go to stderr, errors as one line starting with
-"kiwi-anyio: error:".
+"kiwi-anyio: error:". On a terminal, task work and listen keep a summary line there
+(handled, failed, rate), rewritten in place.
 
 Exit codes:
   0    success
@@ -114,9 +115,11 @@ def _add_report_every(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--report-every",
         type=float,
-        default=60.0,
+        default=None,
         metavar="SECONDS",
-        help=f"print the count of {what} to stderr this often (0: only at exit; default: 60)",
+        help=f"report the {what} handled and failed and their rate to stderr this often (0: "
+        "only at exit). Default: on a terminal, one line rewritten in place every 2 s; "
+        "elsewhere (piped, a file) only at exit",
     )
 
 
@@ -199,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "work",
         "print each task (and answer it)",
         "Consume tasks from a queue, print each, answer it (with the task itself unless "
-        "--answer). Runs until Ctrl-C; prints the count of tasks periodically and at exit.",
+        "--answer). Runs until Ctrl-C; reports the tasks handled and failed as it runs (see "
+        "--report-every) and at exit.",
     )
     work.add_argument("--queue", help="the task queue (default: the communicator's default queue)")
     work.add_argument(
@@ -269,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         "listen",
         "print broadcasts (filters with * wildcards)",
         "Print every broadcast whose subject and sender match (* matches any text, e.g. "
-        "kern.*). Runs until Ctrl-C; prints the count periodically and at exit.",
+        "kern.*). Runs until Ctrl-C; reports the broadcasts handled and failed as it runs "
+        "(see --report-every) and at exit.",
     )
     listen.add_argument("--subject", metavar="PATTERN", help="only subjects matching PATTERN")
     listen.add_argument("--sender", metavar="PATTERN", help="only senders matching PATTERN")
