@@ -13,13 +13,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import anyio
 import pytest
 
 import kiwi_anyio
+from kiwi_anyio import BroadcastFilter
+from kiwi_anyio.channel import Message
 from kiwi_anyio.codecs import YAML, codec_from_functions
 from kiwi_anyio.exceptions import RemoteException
+from kiwi_anyio.hooks import DeliveryHandler
 from tests.test_examples import Program
 
 pytestmark = pytest.mark.broker
@@ -490,3 +494,67 @@ def test_no_running_line_when_piped(broker_url: str, background: Callable[..., P
     assert not any("handled" in line or "so far" in line or "\r" in line for line in worker.seen)
     assert worker.seen[-1].startswith("stopped after 1 task in "), worker.seen
     assert "(1 failed, " in worker.seen[-1], worker.seen
+
+
+@pytest.mark.anyio
+async def test_failures_are_counted_through_the_delivery_seam() -> None:
+    """What ``task work`` and ``listen`` count as failed: a subscriber that raised, a body
+    that cannot be decoded; each message once, and only on the consumer named."""
+    from kiwi_anyio.cli.progress import Counts, count_failures
+
+    url = f"memory://cli-{uuid.uuid4().hex}"
+    tasks, broadcasts = Counts("task"), Counts("broadcast")
+    done: dict[str, int] = {}
+
+    def watch(handler: DeliveryHandler, what: str) -> DeliveryHandler:
+        async def watched(message: Message) -> None:
+            await handler(message)
+            done[what] = done.get(what, 0) + 1
+
+        return watched
+
+    async def until_done(what: str, count: int) -> None:
+        while done.get(what, 0) < count:
+            await anyio.sleep(0.01)
+
+    async def task(_comm: Any, n: int) -> int:
+        if n < 0:
+            raise ValueError(f"no negative tasks: {n}")
+        return n
+
+    async def boom(*_: Any) -> None:
+        raise ValueError("boom")
+
+    with anyio.fail_after(30):
+        async with (
+            kiwi_anyio.connect(url) as worker,
+            kiwi_anyio.connect(url) as sender,
+            kiwi_anyio.connect(url, codec=UNDECODABLE) as bad,
+        ):
+            queue = f"cli-{uuid.uuid4().hex}"
+            consumer = f"task queue {queue!r}"
+            worker.hooks.add_delivery_middleware(watch)  # the outermost: sees the end
+            worker.hooks.add_delivery_middleware(count_failures(tasks, consumer))
+            worker.hooks.add_delivery_middleware(count_failures(broadcasts, "broadcasts"))
+            await worker.task_queue(queue).add_task_subscriber(task)
+            for _ in range(2):  # two subscribers fail on one broadcast: one failure
+                await worker.add_broadcast_subscriber(BroadcastFilter(boom, subject="boom"))
+
+            assert await (await sender.task_queue(queue).task_send(1)).wait(10) == 1
+            assert tasks.failed == 0
+            with pytest.raises(RemoteException, match="no negative tasks"):
+                await (await sender.task_queue(queue).task_send(-1)).wait(10)
+            await until_done(consumer, 2)
+            assert tasks.failed == 1
+            with pytest.raises(RemoteException, match="YAML"):
+                await (await bad.task_queue(queue).task_send(1)).wait(10)
+            await until_done(consumer, 3)
+            assert tasks.failed == 2
+
+            await sender.broadcast_send("x", subject="boom")
+            await until_done("broadcasts", 1)
+            assert broadcasts.failed == 1
+            await bad.broadcast_send("x", subject="fine")
+            await sender.broadcast_send("x", subject="fine")
+            await until_done("broadcasts", 3)
+            assert (broadcasts.failed, tasks.failed) == (2, 2)
