@@ -310,6 +310,17 @@ class Channel(_SharedDocstrings, Protocol[MessageT_co, ConsumerT_co]):
         """``publish_nowait``'s work (``done`` is its ``on_confirm``)."""
         ...
 
+    async def _bind(
+        self,
+        method: Callable[..., Frame],
+        routing_key: str,
+        arguments: FieldTable | None,
+        **ends: str,
+    ) -> None:
+        """The four (un)binding methods: ``method`` with the binding's two ``ends`` (``queue``
+        and ``exchange``, or ``destination`` and ``source``)."""
+        await self._call(method(routing_key=routing_key, arguments=dict(arguments or {}), **ends))
+
     # ------------------------------------------------------------ state
 
     @property
@@ -366,13 +377,8 @@ class Channel(_SharedDocstrings, Protocol[MessageT_co, ConsumerT_co]):
         arguments: FieldTable | None = None,
     ) -> None:
         """Bind exchange ``destination`` to exchange ``source`` (a RabbitMQ extension)."""
-        await self._call(
-            methods.Exchange.Bind(
-                destination=destination,
-                source=source,
-                routing_key=routing_key,
-                arguments=dict(arguments or {}),
-            )
+        await self._bind(
+            methods.Exchange.Bind, routing_key, arguments, destination=destination, source=source
         )
 
     async def exchange_unbind(
@@ -383,13 +389,8 @@ class Channel(_SharedDocstrings, Protocol[MessageT_co, ConsumerT_co]):
         arguments: FieldTable | None = None,
     ) -> None:
         """Remove an exchange-to-exchange binding."""
-        await self._call(
-            methods.Exchange.Unbind(
-                destination=destination,
-                source=source,
-                routing_key=routing_key,
-                arguments=dict(arguments or {}),
-            )
+        await self._bind(
+            methods.Exchange.Unbind, routing_key, arguments, destination=destination, source=source
         )
 
     # ------------------------------------------------------------ queues
@@ -430,37 +431,17 @@ class Channel(_SharedDocstrings, Protocol[MessageT_co, ConsumerT_co]):
         return reply
 
     async def queue_bind(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: FieldTable | None = None,
+        self, queue: str, exchange: str, routing_key: str = "", arguments: FieldTable | None = None
     ) -> None:
         """Bind a queue to an exchange (404 if either is missing)."""
-        await self._call(
-            methods.Queue.Bind(
-                queue=queue,
-                exchange=exchange,
-                routing_key=routing_key,
-                arguments=dict(arguments or {}),
-            )
-        )
+        await self._bind(methods.Queue.Bind, routing_key, arguments, queue=queue, exchange=exchange)
 
     async def queue_unbind(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: FieldTable | None = None,
+        self, queue: str, exchange: str, routing_key: str = "", arguments: FieldTable | None = None
     ) -> None:
         """Remove a queue binding (404 if the queue or exchange is missing)."""
-        await self._call(
-            methods.Queue.Unbind(
-                queue=queue,
-                exchange=exchange,
-                routing_key=routing_key,
-                arguments=dict(arguments or {}),
-            )
+        await self._bind(
+            methods.Queue.Unbind, routing_key, arguments, queue=queue, exchange=exchange
         )
 
     async def queue_purge(self, queue: str) -> int:

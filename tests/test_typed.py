@@ -39,6 +39,7 @@ from kiwi_anyio.typed import (
     to_plain,
     unregister_remote_error,
 )
+from kiwi_anyio.typed import _errors as typed_errors
 
 # --------------------------------------------------------------------------- the four model kinds
 # (at module level: the annotations of this module are strings, resolved from its globals)
@@ -636,10 +637,10 @@ def test_the_module_imports_neither_pydantic_nor_msgspec() -> None:
 @pytest.fixture(autouse=True)
 def _registry() -> Iterator[None]:
     """Each test starts from (and leaves) the registry as it was."""
-    saved = dict(typed._REGISTRY)
+    saved = dict(typed_errors._REGISTRY)
     yield
-    typed._REGISTRY.clear()
-    typed._REGISTRY.update(saved)
+    typed_errors._REGISTRY.clear()
+    typed_errors._REGISTRY.update(saved)
 
 
 class OrderError(Exception):
