@@ -123,6 +123,11 @@ def summarize_folded(path: Path, top: int) -> str:
     return "\n".join(out) + "\n"
 
 
+def _pythonpath() -> str:
+    """This directory, then the caller's ``PYTHONPATH`` (which may name the tree to profile)."""
+    return os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def py_spy(name: str, url: str, backend: str, n: int | None, top: int, out: Path) -> Path:
     """Sample the client process with py-spy (no cProfile distortion)."""
     _, params = PROFILES[name]
@@ -135,7 +140,7 @@ def py_spy(name: str, url: str, backend: str, n: int | None, top: int, out: Path
         sys.executable, str(HERE / "client_kiwi_anyio.py"), name, url, json.dumps(params),
     ]  # fmt: skip
     subprocess.run(
-        cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(HERE)}
+        cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": _pythonpath()}
     )
     summary = out / f"pyspy_{name}.txt"
     summary.write_text(f"# py-spy {name} on {backend}: {params}\n" + summarize_folded(folded, top))

@@ -298,6 +298,13 @@ def _env(src: Path | None = None) -> dict[str, str]:
     return env
 
 
+def _tree(rev: str) -> Path | None:
+    """``rev`` as a directory holding ``kiwi_anyio/`` (e.g. a scratch ``git worktree`` with a
+    patch applied), or None if it names a git revision."""
+    path = Path(rev)
+    return path.resolve() if (path / "kiwi_anyio").is_dir() else None
+
+
 def _snapshot(rev: str) -> Path:
     """Extract ``kiwi_anyio/`` as committed at ``rev`` into a temporary directory."""
     target = Path(tempfile.mkdtemp(prefix="kiwi-bench-src-"))
@@ -413,13 +420,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rev",
         default="",
         help="benchmark kiwi_anyio as committed at this git revision (e.g. HEAD) instead of "
-        "the working tree",
+        "the working tree; or a directory holding kiwi_anyio/ (a scratch worktree), used as it is",
     )
     parser.add_argument(
         "--baseline",
         default="",
         help="also run kiwi_anyio as committed at this git revision, as extra columns "
-        "(`kiwi_anyio@REV/asyncio` …) interleaved with the others: a before/after comparison",
+        "(`kiwi_anyio@REV/asyncio` …) interleaved with the others: a before/after comparison; "
+        "or a directory holding kiwi_anyio/, as for --rev",
     )
     args = parser.parse_args(argv)
     if args.codec == "json":  # every client already uses JSON: no +json columns
@@ -428,15 +436,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 w, clients=tuple(c for c in w.clients if c not in KIWI_JSON)
             )
             WORKLOAD_BY_NAME[w.name] = WORKLOADS[i]
-    snapshot: Path | None = None
+    snapshot: Path | None = None  # temporary: removed at the end
     if args.rev:
-        snapshot = _snapshot(args.rev)
-        KIWI_SRC.append(snapshot)
-        sys.path.insert(0, str(snapshot))
-    baseline: Path | None = None
+        src = _tree(args.rev) or (snapshot := _snapshot(args.rev))
+        KIWI_SRC.append(src)
+        sys.path.insert(0, str(src))
+    baseline: Path | None = None  # temporary: removed at the end
     if args.baseline:
-        baseline = _snapshot(args.baseline)
-        _add_baseline_clients(args.baseline, baseline)
+        src = _tree(args.baseline) or (baseline := _snapshot(args.baseline))
+        _add_baseline_clients(args.baseline, src)
 
     wanted = [p.strip() for p in args.only.split(",") if p.strip()]
 
@@ -474,10 +482,16 @@ def _twin_of(name: str) -> str:
 
 
 def _add_baseline_clients(rev: str, src: Path) -> None:
-    """``kiwi_anyio@REV/<backend>`` columns, next to each kiwi_anyio client, for ``--baseline``."""
-    label = subprocess.run(
-        ["git", "rev-parse", "--short", rev], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    """``kiwi_anyio@REV/<backend>`` columns, next to each kiwi_anyio client, for ``--baseline``
+    (``kiwi_anyio@<directory name>/<backend>`` for a directory)."""
+    tree = _tree(rev)
+    label = (
+        tree.name
+        if tree is not None
+        else subprocess.run(
+            ["git", "rev-parse", "--short", rev], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+    )
     added: dict[str, str] = {}
     for name in KIWI:
         base = CLIENT_BY_NAME[name]
@@ -1010,21 +1024,25 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
 
 def _git_state(rev: str) -> str:
     """The commit benchmarked, and whether kiwi_anyio/ had uncommitted changes."""
+    tree = _tree(rev) if rev else None
+    cwd = tree or ROOT
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "--short", rev or "HEAD"],
+            ["git", "rev-parse", "--short", "HEAD" if tree or not rev else rev],
             capture_output=True,
             text=True,
-            cwd=ROOT,
+            cwd=cwd,
         ).stdout.strip()
-        if rev:
+        if rev and tree is None:
             return f"{head} (committed snapshot)"
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--", "kiwi_anyio"],
             capture_output=True,
             text=True,
-            cwd=ROOT,
+            cwd=cwd,
         ).stdout.strip()
+        if tree is not None:
+            head = f"{tree}: {head or 'no commit'}"
     except OSError:
         return "?"
     return (head or "no commit") + (" + uncommitted kiwi_anyio changes" if dirty else "")
