@@ -177,7 +177,7 @@ def setup(broker_url: str, anyio_backend: str, tmp_path: Path) -> Iterator[Setup
     for worker in setup.workers:
         worker.close()
         # shown by pytest only when the test failed: what each worker said
-        print(f"--- {worker.process.args}", *worker.output(), sep="\n")
+        print(f"--- {worker.process.args!r}", *worker.output(), sep="\n")
 
 
 def command_line(pid: int) -> str:
