@@ -541,3 +541,107 @@ def test_connection_params_forms() -> None:
     )
     with pytest.raises(TypeError):
         url_from_params(5)
+
+    class AioPikaConnection:  # what kiwiPy's RmqTaskQueue and RmqTaskPublisher are given
+        url = "amqp://u:p@h:7/v"  # aio-pika's is a yarl.URL: str() gives it whole
+
+    assert url_from_params(AioPikaConnection()) == "amqp://u:p@h:7/v"
+    assert url_from_params({"url": None, "host": "h"}) == "amqp://guest:guest@h:5672/%2F"
+
+
+# ---------------------------------------------------------------- unroutable tasks
+
+
+def test_an_unroutable_task_is_kiwipys_error() -> None:
+    from kiwi_anyio.compat.kiwipy.exceptions import TaskUnroutable, task_unroutable_class
+    from kiwi_anyio.compat.kiwipy.rmq._tasks import kiwipy_task_errors
+    from kiwi_anyio.exceptions import MessageReturned
+
+    class DeliveryError(Exception):  # stands for aio-pika's, whose __init__ is not called
+        def __init__(self, message: Any, frame: Any) -> None:
+            raise AssertionError("not called")
+
+    cls = task_unroutable_class(DeliveryError)
+    assert cls is task_unroutable_class(DeliveryError)  # one class per base
+    assert issubclass(cls, TaskUnroutable) and issubclass(cls, DeliveryError)
+    assert issubclass(cls, kiwipy.UnroutableError)
+    returned = MessageReturned(312, "NO_ROUTE", "x", "q")
+    error = cls("no queue", returned)
+    assert str(error) == "no queue" and error.message is None
+    assert (error.frame.reply_code, error.frame.reply_text) == (312, "NO_ROUTE")
+    assert (error.frame.exchange, error.frame.routing_key) == ("x", "q")
+    assert cls("no queue").frame is None
+    # what kiwi_anyio raises (the return as the error, its cause or its context) is mapped
+    for cause, context in [(None, returned), (returned, None), (None, None)]:
+        unroutable = kiwipy.UnroutableError("nothing routes it")
+        unroutable.__cause__, unroutable.__context__ = cause, context
+        with pytest.raises(TaskUnroutable) as caught, kiwipy_task_errors():
+            raise unroutable
+        assert caught.value.__cause__ is unroutable
+        assert str(caught.value) == "nothing routes it"
+        frame = caught.value.frame
+        assert (frame is None) == (cause is None and context is None)
+    with pytest.raises(TaskUnroutable) as direct, kiwipy_task_errors():
+        raise returned  # at HEAD MessageReturned is an UnroutableError itself
+    assert direct.value.frame.routing_key == "q"
+    with pytest.raises(kiwipy.RemoteException), kiwipy_task_errors():
+        raise kiwipy.RemoteException("left alone")
+
+
+def test_a_bare_task_publisher_does_not_declare_the_queue(broker_url: str) -> None:
+    """kiwiPy's RmqTaskPublisher declares the exchange only: with no queue bound, a task is
+    unroutable (kiwiPy: aio-pika's DeliveryError); once a queue of that name is made, it is
+    routed there."""
+
+    async def main() -> None:
+        exchange = f"compat.x.{uuid.uuid4().hex}"
+        name = f"compat.q.{uuid.uuid4().hex}"
+        publisher = rmq.RmqTaskPublisher(
+            {"url": broker_url}, queue_name=name, exchange_name=exchange, testing_mode=True
+        )
+        await publisher.connect()
+        try:
+            with pytest.raises(kiwipy.UnroutableError) as caught:
+                await publisher.task_send("nobody")
+            assert isinstance(caught.value, kiwipy.exceptions.TaskUnroutable)
+            assert caught.value.frame is not None
+            assert (caught.value.frame.reply_code, caught.value.frame.routing_key) == (312, name)
+            queue = rmq.RmqTaskQueue(
+                {"url": broker_url}, exchange_name=exchange, queue_name=name, testing_mode=True
+            )
+            await queue.connect()
+            try:
+                await queue.add_task_subscriber(lambda _c, task: f"done: {task}")
+                future = await publisher.task_send("someone")
+                assert future is not None
+                assert await asyncio.wait_for(future, TIMEOUT) == "done: someone"
+            finally:
+                await queue.disconnect()
+        finally:
+            await publisher.disconnect()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_connect_cancels_the_connection_attempt() -> None:
+    """A broker that accepts the socket and never speaks: ``connect()`` waits; cancelled,
+    the attempt ends with it and the communicator cannot be connected again."""
+    import socket
+
+    async def main() -> None:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(1)
+            port = server.getsockname()[1]
+            comm = rmq.RmqCommunicator(f"amqp://guest:guest@127.0.0.1:{port}/", **names())
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(comm.connect(), 0.5)
+            runner = comm._runner
+            assert runner is not None
+            await asyncio.wait([runner], timeout=2)  # not the handshake's own timeout
+            assert runner.done()
+            assert not comm.connected()
+            with pytest.raises(kiwipy.CommunicatorClosed):
+                await comm.connect()
+
+    asyncio.run(main())

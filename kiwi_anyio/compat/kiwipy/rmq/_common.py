@@ -21,13 +21,19 @@ def url_from_params(connection_params: Any) -> str:
 
     Accepted: a URL string; a dict of ``aio_pika.connect_robust`` keyword arguments, either
     ``{'url': ...}`` or ``host``/``port``/``login``/``password``/``virtualhost``/``ssl``;
-    ``None`` (kiwiPy's default, ``amqp://guest:guest@127.0.0.1/``). Other keys (aio-pika's
-    ``timeout``, ``client_properties``...) are ignored.
+    ``None`` (kiwiPy's default, ``amqp://guest:guest@127.0.0.1/``); an aio-pika connection
+    (kiwiPy's ``RmqTaskQueue`` and ``RmqTaskPublisher`` take one), or any object with a
+    ``url`` attribute: its URL, on which the compat layer opens a connection of its own (the
+    aio-pika connection itself is not used). Other keys (aio-pika's ``timeout``,
+    ``client_properties``...) are ignored.
     """
     if connection_params is None:
         return DEFAULT_URL
     if isinstance(connection_params, str):
         return connection_params
+    url = getattr(connection_params, "url", None)
+    if url is not None and not isinstance(connection_params, dict):
+        return str(url)  # an aio-pika connection: its yarl.URL, with the password
     if isinstance(connection_params, dict):
         url = connection_params.get("url")
         if url:
@@ -39,7 +45,10 @@ def url_from_params(connection_params: Any) -> str:
         port = connection_params.get("port", 5671 if scheme == "amqps" else 5672)
         vhost = urllib.parse.quote(str(connection_params.get("virtualhost", "/")), safe="")
         return f"{scheme}://{login}:{password}@{host}:{port}/{vhost}"
-    raise TypeError(f"connection_params must be a URL, a dict or None, not {connection_params!r}")
+    raise TypeError(
+        "connection_params must be a URL, a dict, a connection with a url, or None, not "
+        f"{connection_params!r}"
+    )
 
 
 def make_communicator(

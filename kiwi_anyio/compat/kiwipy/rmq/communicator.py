@@ -14,10 +14,15 @@ kiwiPy's shapes are kept:
 * a task's ``process()`` outcome that is garbage-collected unresolved requeues the task;
 * ``add_close_callback(cb)``: ``cb(communicator, error)`` once disconnected.
 
-The first argument is the connection parameters (a URL, ``{'url': ...}``...), not an
-aio-pika connection: kiwi_anyio has its own AMQP client. A disconnected communicator cannot
-be connected again (make a new one). Only the asyncio event loop is supported here; on trio,
-use kiwi_anyio's own API.
+The first argument is the connection parameters (a URL, ``{'url': ...}``...); where kiwiPy
+takes an aio-pika connection (``RmqTaskQueue``, ``RmqTaskPublisher``), only its URL is used:
+kiwi_anyio opens a connection of its own with its own AMQP client. A disconnected
+communicator cannot be connected again (make a new one). Only the asyncio event loop is
+supported here; on trio, use kiwi_anyio's own API.
+
+Cancellation: cancelling one of these coroutines is cancelling the kiwi_anyio call it
+forwards to (see :class:`kiwi_anyio.Communicator`); cancelling a returned asyncio future
+cancels the kiwi_anyio future it follows (the result is dropped, the work is still done).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ....exceptions import CommunicatorClosed
 from ....futures import Future as KiwiFuture
 from . import defaults
 from ._common import make_communicator, on_loop
+from ._tasks import IncomingTaskView, SendOnlyQueue, follow_outcome, kiwipy_task_errors, settles
 
 __all__ = [
     "RmqCommunicator",
@@ -88,56 +94,18 @@ def to_asyncio_future(
     return target
 
 
-def _forgotten(outcome: KiwiFuture[Any]) -> None:
-    if not outcome.done():  # garbage-collected unresolved: requeue (kiwiPy's behaviour)
-        outcome.cancel()
-
-
-def _asyncio_outcome(outcome: KiwiFuture[Any]) -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def copy(done: asyncio.Future[Any]) -> None:
-        if outcome.done():
-            return
-        if done.cancelled():
-            outcome.cancel()
-            return
-        exc = done.exception()
-        if exc is not None:
-            outcome.set_exception(exc)
-        else:
-            outcome.set_result(done.result())
-
-    future.add_done_callback(copy)
-    weakref.finalize(future, _forgotten, outcome)
-    return future
-
-
-class RmqIncomingTask:
+class RmqIncomingTask(IncomingTaskView):
     """kiwiPy's ``RmqIncomingTask``: a task taken with ``next_task()`` or ``async for``."""
 
     def __init__(self, task: IncomingTask) -> None:
+        super().__init__(task)
         self._task = task
-
-    @property
-    def body(self) -> Any:
-        """The task."""
-        return self._task.body
-
-    @property
-    def no_reply(self) -> bool:
-        """True if the sender does not wait for a result."""
-        return self._task.no_reply
-
-    @property
-    def state(self) -> str:
-        """``pending``, ``processing``, ``finished`` or ``requeued``."""
-        return self._task.state
 
     def process(self) -> asyncio.Future[Any]:
         """Start processing; resolve the returned asyncio future with the result. If it is
         garbage-collected unresolved, the task is requeued."""
-        return _asyncio_outcome(self._task.process())
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        return follow_outcome(self._task.process(), future)
 
     async def requeue(self) -> None:
         """Give the task back to the queue."""
@@ -146,21 +114,17 @@ class RmqIncomingTask:
     @asynccontextmanager
     async def processing(self) -> AsyncIterator[asyncio.Future[Any]]:
         """``async with task.processing() as outcome:``; an exception becomes the outcome."""
-        outcome = self.process()
-        try:
+        with settles(self.process()) as outcome:
             yield outcome
-        except Exception as exc:
-            if not outcome.done():
-                outcome.set_exception(exc)
-            raise
 
 
 class RmqTaskQueue:
     """kiwiPy's ``RmqTaskQueue``: from ``await comm.task_queue(name)``.
 
-    Made directly, ``RmqTaskQueue(connection_params, exchange_name=..., queue_name=...,
-    testing_mode=...)`` (kiwiPy takes an aio-pika connection), it owns a communicator of
-    its own: ``await queue.connect()`` ... ``await queue.disconnect()``.
+    Made directly, ``RmqTaskQueue(connection, exchange_name=..., queue_name=...,
+    testing_mode=...)``, it owns a communicator of its own: ``await queue.connect()`` ...
+    ``await queue.disconnect()``. ``connection`` is kiwiPy's aio-pika connection (only its
+    URL is used) or connection parameters (a URL, ``{'url': ...}``...).
     """
 
     def __init__(
@@ -209,9 +173,11 @@ class RmqTaskQueue:
     @property
     def _q(self) -> TaskQueue:
         if self._queue is None:
-            comm = self._communicator._comm
-            self._queue = comm.task_queue(self._name, self._prefetch[0], self._prefetch[1])
+            self._queue = self._make_queue(self._communicator._comm)
         return self._queue
+
+    def _make_queue(self, comm: Communicator) -> TaskQueue:
+        return comm.task_queue(self._name, self._prefetch[0], self._prefetch[1])
 
     @property
     def name(self) -> str:
@@ -221,7 +187,8 @@ class RmqTaskQueue:
     async def task_send(self, task: Any, no_reply: bool = False) -> asyncio.Future[Any] | None:
         """Send a task; returns (after the broker's confirm) an asyncio future of its
         result, or None with ``no_reply``."""
-        future = await self._q.task_send(task, no_reply)
+        with kiwipy_task_errors():
+            future = await self._q.task_send(task, no_reply)
         return None if future is None else to_asyncio_future(future)
 
     async def add_task_subscriber(
@@ -252,10 +219,13 @@ class RmqTaskQueue:
 
 
 class RmqTaskPublisher(RmqTaskQueue):
-    """kiwiPy's ``RmqTaskPublisher`` (``task_send`` only; here a whole :class:`RmqTaskQueue`).
+    """kiwiPy's ``RmqTaskPublisher``: ``connect()``, ``task_send()``, ``disconnect()``.
 
-    kiwiPy's bare publisher does not declare the queue, so a send with no queue bound is
-    unroutable; this one declares it, as every communicator's ``task_send`` does.
+    As kiwiPy's, it declares the task exchange but not the queue: with no queue bound (no
+    :class:`RmqTaskQueue` of that name made yet), ``task_send`` raises
+    :class:`~kiwi_anyio.compat.kiwipy.exceptions.TaskUnroutable`, which is also aio-pika's
+    ``DeliveryError`` when aio-pika is importable (kiwiPy raises aio-pika's). The other
+    methods of :class:`RmqTaskQueue` are not kiwiPy's publisher's; do not use them here.
     """
 
     def __init__(
@@ -279,6 +249,9 @@ class RmqTaskPublisher(RmqTaskQueue):
             exchange_params=exchange_params,
             testing_mode=testing_mode,
         )
+
+    def _make_queue(self, comm: Communicator) -> TaskQueue:
+        return SendOnlyQueue(comm._tasks, self._name, exchange=comm.task_exchange, prefetch_count=0)
 
 
 class RmqCommunicator:
@@ -340,7 +313,11 @@ class RmqCommunicator:
     # ------------------------------------------------------------ lifetime
 
     async def connect(self) -> None:
-        """Connect (idempotent while connected); raises the connection's error."""
+        """Connect (idempotent while connected); raises the connection's error.
+
+        Cancellation: cancelled while connecting, the connection attempt is cancelled too,
+        and this communicator cannot be connected again.
+        """
         if self._runner is not None:
             if self._runner.done():
                 raise CommunicatorClosed("this communicator was disconnected: make a new one")
@@ -357,12 +334,21 @@ class RmqCommunicator:
                     await stop.wait()
             except BaseException as exc:
                 if not started.done():
-                    started.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        started.cancel()  # a future takes no CancelledError as its exception
+                    else:
+                        started.set_exception(exc)
                     return
+                if started.cancelled():
+                    return  # connect() was cancelled, and this attempt with it
                 logger.warning("%r ended: %r", self, exc)
 
         self._runner = loop.create_task(own())
-        await started
+        try:
+            await started
+        except BaseException:
+            self._runner.cancel()  # cancelled while connecting: so is the connection attempt
+            raise
 
     async def disconnect(self) -> None:
         """Disconnect (idempotent): pending futures fail with ``CommunicatorClosed``."""
@@ -464,7 +450,8 @@ class RmqCommunicator:
     async def task_send(self, task: Any, no_reply: bool = False) -> asyncio.Future[Any] | None:
         """Send a task to the default queue; an asyncio future of its result (None with
         ``no_reply``)."""
-        future = await self._comm.task_send(task, no_reply)
+        with kiwipy_task_errors():
+            future = await self._comm.task_send(task, no_reply)
         return None if future is None else to_asyncio_future(future)
 
     async def broadcast_send(
@@ -482,34 +469,16 @@ class RmqCommunicator:
 
 
 async def async_connect(
-    connection_params: Any = None,
-    connection_factory: Any = None,
-    message_exchange: str = defaults.MESSAGE_EXCHANGE,
-    queue_expires: int = defaults.QUEUE_EXPIRES,
-    task_exchange: str = defaults.TASK_EXCHANGE,
-    task_queue: str = defaults.TASK_QUEUE,
-    task_prefetch_size: int = defaults.TASK_PREFETCH_SIZE,
-    task_prefetch_count: int = defaults.TASK_PREFETCH_COUNT,
-    encoder: Callable[[Any], bytes] | None = None,
-    decoder: Callable[[bytes], Any] | None = None,
-    testing_mode: bool = False,
-    **options: Any,
+    connection_params: Any = None, connection_factory: Any = None, *args: Any, **kwargs: Any
 ) -> RmqCommunicator:
-    """kiwiPy's ``kiwipy.rmq.async_connect(...)``: a connected :class:`RmqCommunicator`
-    (``connection_factory`` is accepted and ignored)."""
+    """kiwiPy's ``kiwipy.rmq.async_connect(...)``: a connected :class:`RmqCommunicator`.
+
+    The arguments are :class:`RmqCommunicator`'s, in its order, with kiwiPy's
+    ``connection_factory`` second (accepted and ignored).
+
+    Cancellation: cancelled while connecting, the communicator is closed again.
+    """
     del connection_factory
-    communicator = RmqCommunicator(
-        connection_params,
-        message_exchange=message_exchange,
-        queue_expires=queue_expires,
-        task_exchange=task_exchange,
-        task_queue=task_queue,
-        task_prefetch_size=task_prefetch_size,
-        task_prefetch_count=task_prefetch_count,
-        encoder=encoder,
-        decoder=decoder,
-        testing_mode=testing_mode,
-        **options,
-    )
+    communicator = RmqCommunicator(connection_params, *args, **kwargs)
     await communicator.connect()
     return communicator

@@ -28,16 +28,17 @@ import functools
 import inspect
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ...._pending import DEFAULT, Timeout
 from ....blocking import BlockingCommunicator, BlockingIncomingTask, BlockingTaskQueue
-from ....futures import Future as KiwiFuture
+from ....communicator import TaskQueue
 from ..communications import Communicator as KiwipyCommunicator
 from . import defaults
 from ._common import make_communicator, on_loop
+from ._tasks import IncomingTaskView, follow_outcome, kiwipy_task_errors, settles
 
 __all__ = [
     "RmqThreadCommunicator",
@@ -49,60 +50,17 @@ __all__ = [
 Subscriber = Callable[..., Any]
 
 
-def _forgotten(outcome: KiwiFuture[Any]) -> None:
-    """The thread future given out by ``process()`` was garbage-collected: if nobody
-    resolved it, requeue the task (kiwiPy's behaviour)."""
-    if not outcome.done():
-        outcome.cancel()
-
-
-def _thread_outcome(outcome: KiwiFuture[Any]) -> concurrent.futures.Future[Any]:
-    """A thread future whose result becomes ``outcome``'s; garbage-collected unresolved,
-    it cancels ``outcome`` (the task is requeued)."""
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-    def copy(done: concurrent.futures.Future[Any]) -> None:
-        if outcome.done():
-            return
-        if done.cancelled():
-            outcome.cancel()
-            return
-        exc = done.exception()
-        if exc is not None:
-            outcome.set_exception(exc)
-        else:
-            outcome.set_result(done.result())
-
-    future.add_done_callback(copy)
-    weakref.finalize(future, _forgotten, outcome)
-    return future
-
-
-class RmqThreadIncomingTask:
+class RmqThreadIncomingTask(IncomingTaskView):
     """kiwiPy's ``RmqThreadIncomingTask``: a task taken with ``next_task()`` or iteration."""
 
     def __init__(self, task: BlockingIncomingTask) -> None:
+        super().__init__(task)
         self._task = task
-
-    @property
-    def body(self) -> Any:
-        """The task."""
-        return self._task.body
-
-    @property
-    def no_reply(self) -> bool:
-        """True if the sender does not wait for a result."""
-        return self._task.no_reply
-
-    @property
-    def state(self) -> str:
-        """``pending``, ``processing``, ``finished`` or ``requeued``."""
-        return self._task.state
 
     def process(self) -> concurrent.futures.Future[Any]:
         """Start processing: resolve the returned thread future with the result. If it is
         garbage-collected unresolved, the task is requeued."""
-        return _thread_outcome(self._task.process())
+        return follow_outcome(self._task.process(), concurrent.futures.Future())
 
     def requeue(self) -> None:
         """Give the task back to the queue."""
@@ -111,53 +69,49 @@ class RmqThreadIncomingTask:
     @contextmanager
     def processing(self) -> Iterator[concurrent.futures.Future[Any]]:
         """``with task.processing() as outcome:``; an exception becomes the outcome."""
-        outcome = self.process()
-        try:
+        with settles(self.process()) as outcome:
             yield outcome
-        except Exception as exc:
-            if not outcome.done():
-                outcome.set_exception(exc)
-            raise
 
 
-class RmqThreadTaskQueue:
-    """kiwiPy's ``RmqThreadTaskQueue``."""
+class RmqThreadTaskQueue(BlockingTaskQueue):
+    """kiwiPy's ``RmqThreadTaskQueue``: :class:`~kiwi_anyio.blocking.BlockingTaskQueue` with
+    kiwiPy's subscriber calls, incoming tasks and unroutable error."""
 
-    def __init__(self, communicator: RmqThreadCommunicator, queue: BlockingTaskQueue) -> None:
+    def __init__(self, communicator: RmqThreadCommunicator, queue: TaskQueue) -> None:
+        super().__init__(communicator, queue)
         self._communicator = communicator
-        self._queue = queue
 
-    @property
-    def name(self) -> str:
-        """The queue's name."""
-        return self._queue.name
-
-    def __iter__(self) -> Iterator[RmqThreadIncomingTask]:
+    def __iter__(self) -> Iterator[RmqThreadIncomingTask]:  # type: ignore[override]
         """Every task now in the queue; the ones not processed are requeued at the end."""
-        for task in self._queue:
+        for task in super().__iter__():
             yield RmqThreadIncomingTask(task)
 
-    def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any] | None:
-        """Send a task; returns its result future (None with ``no_reply``)."""
-        return self._queue.task_send(task, no_reply)
+    def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Timeout = DEFAULT
+    ) -> concurrent.futures.Future[Any] | None:
+        """Send a task; returns its result future (None with ``no_reply``).
+
+        Raises:
+            TaskUnroutable: no queue took it (also aio-pika's ``DeliveryError`` when
+                aio-pika is importable, as kiwiPy raises).
+
+        Cancellation: none in a thread; see :meth:`kiwi_anyio.TaskQueue.task_send` for
+        what the returned future's ``cancel()`` does.
+        """
+        with kiwipy_task_errors():
+            return super().task_send(task, no_reply, timeout=timeout)
 
     def add_task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
         """Add ``subscriber(comm, task)``; returns its identifier."""
-        return self._queue.add_task_subscriber(
-            self._communicator._subscriber(subscriber), identifier
-        )
-
-    def remove_task_subscriber(self, identifier: str) -> None:
-        """Remove a task subscriber (``ValueError`` if unknown)."""
-        self._queue.remove_task_subscriber(identifier)
+        return super().add_task_subscriber(self._communicator._subscriber(subscriber), identifier)
 
     @contextmanager
-    def next_task(
+    def next_task(  # type: ignore[override]
         self, timeout: float | None = 5.0, fail: bool = True
     ) -> Iterator[RmqThreadIncomingTask | None]:
         """``with queue.next_task() as task:``; ``QueueEmpty`` if none came within
         ``timeout`` seconds (``None`` instead with ``fail=False``)."""
-        with self._queue.next_task(timeout, fail) as task:
+        with super().next_task(timeout, fail) as task:
             yield None if task is None else RmqThreadIncomingTask(task)
 
 
@@ -353,7 +307,16 @@ class RmqThreadCommunicator(BlockingCommunicator, KiwipyCommunicator):
         self, name: str, prefetch_size: int = 0, prefetch_count: int = 0
     ) -> RmqThreadTaskQueue:
         """A task queue on the task exchange (kiwiPy's argument order and defaults)."""
-        return RmqThreadTaskQueue(self, super().task_queue(name, prefetch_count, prefetch_size))
+        return RmqThreadTaskQueue(
+            self, super().task_queue(name, prefetch_count, prefetch_size)._queue
+        )
+
+    def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Timeout = DEFAULT
+    ) -> concurrent.futures.Future[Any] | None:
+        """:meth:`RmqThreadTaskQueue.task_send` to the default task queue."""
+        with kiwipy_task_errors():
+            return super().task_send(task, no_reply, timeout=timeout)
 
     def close(self) -> None:
         """Close (idempotent); first RPCs sent to our own subscribers reach them."""
