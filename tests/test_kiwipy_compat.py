@@ -582,7 +582,7 @@ def test_an_unroutable_task_is_kiwipys_error() -> None:
         frame = caught.value.frame
         assert (frame is None) == (cause is None and context is None)
     with pytest.raises(TaskUnroutable) as direct, kiwipy_task_errors():
-        raise returned  # at HEAD MessageReturned is an UnroutableError itself
+        raise returned  # the client's own error, whether or not it is an UnroutableError
     assert direct.value.frame.routing_key == "q"
     with pytest.raises(kiwipy.RemoteException), kiwipy_task_errors():
         raise kiwipy.RemoteException("left alone")

@@ -99,7 +99,7 @@ def kiwipy_task_errors() -> Iterator[None]:
         yield
     except TaskUnroutable:
         raise
-    except UnroutableError as exc:
+    except (UnroutableError, MessageReturned) as exc:  # the client's return, or the library's
         raise task_unroutable_class()(str(exc), _returned(exc)) from exc
 
 
