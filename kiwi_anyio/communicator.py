@@ -25,6 +25,7 @@ processes on one broker work together.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -67,6 +68,20 @@ DEFAULT_URL: Final = "amqp://guest:guest@127.0.0.1/"
 DEFAULT_TASK_PREFETCH: Final = 1
 DEFAULT_RPC_PREFETCH: Final = 256
 DEFAULT_LOST_REPLY_GRACE: Final = 30.0  # seconds a reply that may be lost is still awaited
+
+
+def _log_level(level: int | str | None) -> int | None:
+    """A logging level given as a number or a name (``"WARNING"``), or None."""
+    if level is None:
+        return None
+    if isinstance(level, str):
+        found = logging.getLevelNamesMapping().get(level.upper())
+        if found is None:
+            raise ValueError(f"unknown log level {level!r}")
+        return found
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise TypeError(f"a log level is an int, a level name or None, not {level!r}")
+    return level
 
 
 class Communicator:
@@ -124,6 +139,14 @@ class Communicator:
         drain_timeout: on leaving ``async with``, stop taking new messages and let the
             subscriber calls in progress finish for up to this many seconds before they are
             cancelled (and their tasks requeued). Default 0: cancel at once.
+        subscriber_error_log_level: the level (``logging.WARNING``, or a name:
+            ``"WARNING"``) at which an exception a task, RPC or broadcast subscriber raised
+            is logged (once, with its traceback, on the ``kiwi_anyio.communicator``
+            logger). Default ``None``: ``INFO`` when its sender gets it back as a
+            :class:`~kiwi_anyio.RemoteException` (an RPC, a task), ``ERROR`` when nobody
+            does (a task sent with ``no_reply=True``, a broadcast). The record carries the
+            message's context as attributes (``queue``, ``identifier``,
+            ``correlation_id``, ``message_id`` ...: ``docs/observability.md``).
         blocking_backend: the event loop (``"asyncio"`` or ``"trio"``) that runs in the
             background thread when the communicator is used with a plain ``with``.
         ssl_context: TLS context for ``amqps://``.
@@ -153,6 +176,7 @@ class Communicator:
         nack_retry_timeout: float = DEFAULT_NACK_RETRY,
         reconnect_max_delay: float = 30.0,
         drain_timeout: float = 0.0,
+        subscriber_error_log_level: int | str | None = None,
         request_timeout: float | None = None,
         lost_reply_grace: float = DEFAULT_LOST_REPLY_GRACE,
         task_max_deliveries: int | None = DEFAULT_MAX_DELIVERIES,
@@ -207,7 +231,13 @@ class Communicator:
         self._publisher = publisher = Publisher(
             link, self.hooks, nack_retry_timeout=nack_retry_timeout
         )
-        self._serving = serving = Serving(link, publisher, bounds, codec)
+        self._serving = serving = Serving(
+            link,
+            publisher,
+            bounds,
+            codec,
+            subscriber_error_level=_log_level(subscriber_error_log_level),
+        )
         serving.callback_comm = self
         self._requests = requests = Requests(
             link,
@@ -277,6 +307,17 @@ class Communicator:
     def lost_reply_grace(self) -> float:
         """How long a reply that may be lost is still awaited (seconds)."""
         return self._requests.lost_reply_grace
+
+    @property
+    def subscriber_error_log_level(self) -> int | None:
+        """The level at which a subscriber's exception is logged (see the option; None:
+        ``INFO`` or ``ERROR``, by whether its sender gets it back); settable, with a
+        number, a level name or None."""
+        return self._serving.subscriber_error_level
+
+    @subscriber_error_log_level.setter
+    def subscriber_error_log_level(self, level: int | str | None) -> None:
+        self._serving.subscriber_error_level = _log_level(level)
 
     @property
     def _pending(self) -> Any:

@@ -34,8 +34,10 @@ Only ``opentelemetry-api`` is used (``pip install kiwi-anyio[otel]``), imported 
 :func:`install` runs; the SDK, its exporters and the providers are the application's. Without
 the API nothing is installed and nothing costs.
 
-Logs: :func:`log_extra` gives the ``extra`` fields of a log record about a message, and
-:class:`TraceContextFilter` adds the current ``trace_id``/``span_id`` to every record.
+Logs: every log record about a delivered message carries the fields of :data:`LOG_FIELDS`
+(:func:`log_extra`, from :mod:`kiwi_anyio._logctx`, builds them: the patterns use it without
+importing this module), and :class:`TraceContextFilter` adds the current
+``trace_id``/``span_id`` to every record.
 
 It must not know the patterns: what it sees comes through the hooks.
 """
@@ -49,6 +51,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from ._logctx import LOG_FIELDS, log_extra
 from ._version import __version__
 from .channel import Channel, Message, Properties
 from .channel import Message as MessageInterface
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DURATION_BUCKETS",
+    "LOG_FIELDS",
     "SCHEMA_URL",
     "SEMCONV_VERSION",
     "Telemetry",
@@ -588,20 +592,6 @@ class _ObservedMessage(MessageInterface):
 
 
 # ---------------------------------------------------------------- logs with context
-
-
-def log_extra(message: MessageInterface, what: str) -> dict[str, Any]:
-    """The ``extra`` of a log record about ``message`` (delivered to the consumer ``what``):
-    ``messaging_consumer``, ``routing_key``, ``correlation_id``, ``message_id`` and
-    ``delivery_tag``, so a JSON formatter shows them (``logger.warning(..., extra=...)``)."""
-    properties = message.properties
-    return {
-        "messaging_consumer": what,
-        "routing_key": message.routing_key,
-        "correlation_id": properties.correlation_id,
-        "message_id": properties.message_id,
-        "delivery_tag": message.delivery_tag,
-    }
 
 
 class TraceContextFilter(logging.Filter):

@@ -3,7 +3,6 @@ in-memory span exporter and metric reader, on both backends and on memory:// and
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import sys
@@ -26,9 +25,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import kiwi_anyio
 import kiwi_anyio.patterns.rpc
 from kiwi_anyio import telemetry
-from kiwi_anyio.hooks import subscriber_failed
-from kiwi_anyio.patterns.serving import Serving
-from kiwi_anyio.protocol import Message, Properties
+from kiwi_anyio.channel import Message
+from kiwi_anyio.protocol import Properties
 from kiwi_anyio.testing.pytest_plugin import private_names
 
 pytestmark = pytest.mark.anyio
@@ -84,26 +82,6 @@ def url(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return f"memory://telemetry-{uuid.uuid4().hex}"
     return str(request.getfixturevalue("broker_url"))
-
-
-@pytest.fixture
-def wired(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Subscribers that raise are reported to the seam (what the patterns do once wired:
-    until then the test wires ``Serving.call_and_follow`` itself)."""
-    if "subscriber_failed" in inspect.getsource(kiwi_anyio.patterns.rpc):
-        return
-    original = Serving.call_and_follow
-
-    async def call_and_follow(self: Serving, subscriber: Any, message: Message, *args: Any) -> Any:
-        try:
-            return await original(self, subscriber, message, *args)
-        except kiwi_anyio.TaskRejected:
-            raise
-        except Exception as exc:
-            subscriber_failed(message, exc)
-            raise
-
-    monkeypatch.setattr(Serving, "call_and_follow", call_and_follow)
 
 
 @asynccontextmanager
@@ -210,7 +188,6 @@ async def test_the_trace_continues_the_callers_span(otel: Otel) -> None:
     assert {s.context.trace_id for s in spans} == {request.get_span_context().trace_id}
 
 
-@pytest.mark.usefixtures("wired")
 async def test_an_rpc_that_raises_gives_error_type_and_status(url: str, otel: Otel) -> None:
     def fail(_comm: Any, _msg: Any) -> None:
         raise ValueError("no such thing")
@@ -403,6 +380,31 @@ async def test_logs_carry_the_context(otel: Otel, caplog: pytest.LogCaptureFixtu
     (extra,) = seen
     assert extra["messaging_consumer"] == f"task queue {sender.task_queue_name!r}"
     assert extra["correlation_id"] and isinstance(extra["delivery_tag"], int)
+
+
+async def test_a_subscribers_failure_is_logged_in_its_process_span(
+    otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(_comm: Any, _msg: Any) -> None:
+        raise ValueError("no such thing")
+
+    log = logging.getLogger("kiwi_anyio.communicator")
+    trace_filter = telemetry.TraceContextFilter()
+    log.addFilter(trace_filter)
+    try:
+        with caplog.at_level(logging.INFO, "kiwi_anyio"), anyio.fail_after(TIMEOUT):
+            async with pair(f"memory://t-{uuid.uuid4().hex}", otel) as (sender, worker):
+                await worker.add_rpc_subscriber(fail, "fails")
+                with pytest.raises(kiwi_anyio.RemoteException):
+                    await (await sender.rpc_send("fails", 1))
+    finally:
+        log.removeFilter(trace_filter)
+    (record,) = [r for r in caplog.records if r.exc_info]
+    (process,) = [s for s in otel.named("process ") if "fails" in s.name]
+    assert process.context is not None
+    assert record.trace_id == format(process.context.trace_id, "032x")  # type: ignore[attr-defined]
+    assert record.span_id == format(process.context.span_id, "016x")  # type: ignore[attr-defined]
+    assert record.identifier == "fails"  # type: ignore[attr-defined]
 
 
 WORKER = """

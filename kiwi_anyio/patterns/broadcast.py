@@ -14,16 +14,16 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import anyio
 
 from .. import _wire as wire
+from .._logctx import LogContext
 from ..channel import Channel, Connection, Message, Properties
 from ..codecs import Codec
 from ..exceptions import AMQPError, DuplicateSubscriberIdentifier, KiwiError, UndecodableMessage
 from ..filters import BroadcastFilter
-from ..hooks import subscriber_failed
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link, LinkState
 from ..robust.publisher import Publisher
@@ -32,6 +32,8 @@ from .serving import Serving, Subscriber
 __all__ = ["Broadcasts"]
 
 logger = logging.getLogger("kiwi_anyio.communicator")
+
+WHAT: Final = "broadcasts"  # the consumer, in the hooks and the logs
 
 
 class Broadcasts:
@@ -100,11 +102,16 @@ class Broadcasts:
             async with self._lock:
                 if self._consumer is None:
                     queue = self.queue = f"broadcast-{uuid.uuid4().hex}"
+                    log = LogContext(WHAT, queue)
+
+                    async def on_broadcast(message: Message) -> None:
+                        await self._on_broadcast(message, log)
+
                     self._consumer = await self._consumers.start(
                         self._open_channel,
                         queue,
-                        self._on_broadcast,
-                        what="broadcasts",
+                        on_broadcast,
+                        what=WHAT,
                         sequential=True,
                     )
         except BaseException:
@@ -165,7 +172,7 @@ class Broadcasts:
                 if ident in self.subscribers and self._link.state is LinkState.OPEN:
                     await self.remove(ident)
 
-    async def _on_broadcast(self, message: Message) -> None:
+    async def _on_broadcast(self, message: Message, log: LogContext) -> None:
         serving = self._serving
         try:
             try:
@@ -173,11 +180,11 @@ class Broadcasts:
                     await serving.decode(message)
                 )
             except UndecodableMessage as exc:
-                await serving.reject_undecodable(message, exc, self.exchange)
+                await serving.reject_undecodable(message, exc, self.exchange, log=log)
                 return
             args = (serving.callback_comm, body, sender, subject, correlation_id)
 
-            async def deliver(subscriber: Subscriber) -> None:
+            async def deliver(identifier: str, subscriber: Subscriber) -> None:
                 try:
                     if isinstance(subscriber, BroadcastFilter):
                         if subscriber.is_filtered(sender, subject):
@@ -185,15 +192,28 @@ class Broadcasts:
                         subscriber = subscriber.subscriber
                     await serving.call(subscriber, *args)
                 except Exception as exc:
-                    subscriber_failed(message, exc)
-                    logger.exception("broadcast subscriber %r raised", subscriber)
+                    serving.subscriber_failed(
+                        message,
+                        exc,
+                        log=log,
+                        kind="broadcast",
+                        subscriber=subscriber,
+                        identifier=identifier,
+                        replied=False,
+                        correlation_id=None if correlation_id is None else str(correlation_id),
+                    )
 
             async with anyio.create_task_group() as tg:
-                for subscriber in list(self.subscribers.values()):
-                    tg.start_soon(deliver, subscriber)
+                for identifier, subscriber in list(self.subscribers.items()):
+                    tg.start_soon(deliver, identifier, subscriber)
             message.ack()
         except KiwiError as exc:  # the link dropped, or the communicator closes
-            logger.warning("broadcast %s not acknowledged: %s", message.delivery_tag, exc)
+            logger.warning(
+                "broadcast %s not acknowledged: %s",
+                message.delivery_tag,
+                exc,
+                extra=log.extra(message),
+            )
         finally:
             if not message.settled and message.channel.is_open:
                 message.nack(requeue=True)

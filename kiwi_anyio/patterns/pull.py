@@ -113,7 +113,10 @@ class IncomingTask:
                 if exc is not None
                 else wire.result_reply(outcome.result(), with_host=True)
             )
-            await self._queue._tasks.serving.send_reply(self._message, reply, self._queue.exchange)
+            queue = self._queue
+            await queue._tasks.serving.send_reply(
+                self._message, reply, queue.exchange, log=queue._log
+            )
         self.state = "finished"
         if self._message.channel.is_open:
             self._message.ack()

@@ -37,6 +37,7 @@ from typing import Any, Final
 import anyio
 
 from .. import _wire as wire
+from .._logctx import LogContext
 from ..channel import Message, Properties
 from ..exceptions import DeliveryFailed, MessageReturned, TaskDeadLettered
 from ..robust.link import Link, broker_version
@@ -147,6 +148,7 @@ class Redelivery:
         queue: str,
         exchange: str,
         max_deliveries: int | None,
+        log: LogContext,
     ) -> None:
         if max_deliveries is not None and max_deliveries < 1:
             raise ValueError(f"max_deliveries must be None or >= 1, not {max_deliveries!r}")
@@ -156,6 +158,7 @@ class Redelivery:
         self.queue = queue
         self.exchange = exchange
         self.max_deliveries = max_deliveries
+        self._log = log  # the task queue's consumer, in the logs
         self.dead_letters = dead_letter_queue(queue)
         self._declared: set[str] = set()  # side queues declared on this connection
         link.on_new_connection(self._declared.clear)
@@ -217,7 +220,7 @@ class Redelivery:
             f"{self.queue!r} was dead-lettered after {deliveries} deliveries ({reason}); "
             f"it is in queue {self.dead_letters!r}"
         )
-        logger.error("%s: %s", self._link, text)
+        logger.error("%s: %s", self._link, text, extra=self._log.extra(message))
         await self._declare_dead_letters()
         properties = copy_properties(
             message,
@@ -236,7 +239,7 @@ class Redelivery:
                 task_no_reply = False
             if not task_no_reply:
                 reply = wire.exception_reply(TaskDeadLettered(text), with_host=True)
-                await self._serving.send_reply(message, reply, self.exchange)
+                await self._serving.send_reply(message, reply, self.exchange, log=self._log)
 
     async def retry(self, message: Message, attempt: int, delay: float, reason: str) -> None:
         """Deliver the task again after ``delay`` seconds (counting ``attempt``), then ack

@@ -24,6 +24,7 @@ import anyio
 
 from .. import _wire as wire
 from .. import typed
+from .._logctx import LogContext
 from .._pending import PendingReplies
 from ..channel import Channel, Connection, Message, Properties
 from ..exceptions import ChannelClosed, KiwiError, UndecodableMessage
@@ -122,6 +123,7 @@ class Requests:
         self._consumers = consumers
         self._publisher = publisher
         self.reply_queue = reply_queue
+        self._log = LogContext("reply queue", reply_queue)  # its consumer, in the logs
         self._content_type = content_type
         self._decode = decode
         self.lost_reply_grace = lost_reply_grace
@@ -222,7 +224,7 @@ class Requests:
                         self._open_channel,
                         self.reply_queue,
                         self._on_reply,
-                        what="reply queue",
+                        what=self._log.what,
                         sequential=True,
                     )
                 else:
@@ -284,7 +286,11 @@ class Requests:
     async def _resolve(self, message: Message) -> None:
         correlation_id = message.properties.correlation_id or ""
         if correlation_id not in self.pending:
-            logger.debug("dropped a reply for unknown correlation id %r", correlation_id)
+            logger.debug(
+                "dropped a reply for unknown correlation id %r",
+                correlation_id,
+                extra=self._log.extra(message),
+            )
             return
         try:
             parsed: tuple[Any, Any] | UndecodableMessage = wire.parse_reply(

@@ -24,6 +24,7 @@ import anyio
 
 from .. import _wire as wire
 from .. import typed
+from .._logctx import LogContext
 from .._pending import DEFAULT, Timeout
 from ..channel import Channel, Connection, Message
 from ..codecs import Codec
@@ -38,7 +39,6 @@ from ..exceptions import (
     UnroutableError,
 )
 from ..futures import Future
-from ..hooks import subscriber_failed
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link, LinkState
 from ..robust.settling import SETTLE_TIMEOUT
@@ -135,15 +135,18 @@ class Rpc:
         async def open_channel(connection: Connection) -> Channel:
             return await self._open_channel(connection, queue, identifier)
 
+        # its consumer, in the hooks and the logs
+        log = LogContext(f"RPC subscriber {identifier!r}", queue, identifier)
+
         async def on_rpc(message: Message) -> None:
-            await self._on_rpc(subscriber, message)
+            await self._on_rpc(subscriber, message, log)
 
         try:
             handle = await self._consumers.start(
                 open_channel,
                 queue,
                 on_rpc,
-                what=f"RPC subscriber {identifier!r}",
+                what=log.what,
                 consumer_tag=identifier,
                 # the one consumer of the queue: another process's is refused (403)
                 exclusive=True,
@@ -281,30 +284,42 @@ class Rpc:
             except (AMQPError, KiwiError) as exc:
                 logger.warning("%s: could not delete the RPC queues: %s", link, exc)
 
-    async def _on_rpc(self, subscriber: Subscriber, message: Message) -> None:
+    async def _on_rpc(self, subscriber: Subscriber, message: Message, log: LogContext) -> None:
         serving = self._serving
         handed_off = False  # to a confirm callback, which acks
         try:
             try:
                 msg = await serving.decode(message)
             except UndecodableMessage as exc:
-                await serving.reject_undecodable(message, exc, self.exchange)
+                await serving.reject_undecodable(message, exc, self.exchange, log=log)
                 return
             try:
                 result = await serving.call_and_follow(
-                    subscriber, message, msg, self.exchange, True
+                    subscriber, message, msg, self.exchange, True, log=log
                 )
             except concurrent.futures.CancelledError as exc:
                 reply = wire.cancelled_reply(str(exc) or None)
             except Exception as exc:
-                subscriber_failed(message, exc)
-                logger.info("RPC subscriber %r raised %r", subscriber, exc)
+                serving.subscriber_failed(
+                    message,
+                    exc,
+                    log=log,
+                    kind="RPC",
+                    subscriber=subscriber,
+                    identifier=None,  # the context's
+                    replied=True,
+                )
                 reply = typed.attach_error_headers(wire.exception_reply(exc), exc)
             else:
                 reply = wire.result_reply(result)
-            handed_off = await serving.settle(message, reply, self.exchange)
+            handed_off = await serving.settle(message, reply, self.exchange, log=log)
         except KiwiError as exc:  # the link dropped, or the communicator closes
-            logger.warning("RPC %s not answered: %s", message.delivery_tag, exc)
+            logger.warning(
+                "RPC %s not answered: %s",
+                message.delivery_tag,
+                exc,
+                extra=log.extra(message),
+            )
         finally:
             if not handed_off and not message.settled and message.channel.is_open:
                 message.nack(requeue=True)

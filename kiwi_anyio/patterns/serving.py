@@ -10,6 +10,14 @@ its consumer stops or the communicator closes, within the bounds of
 :mod:`kiwi_anyio.robust.settling`. A request that cannot be decoded is rejected and its
 sender told.
 
+Logs: every record about a delivered message carries its consumer's context
+(:class:`kiwi_anyio._logctx.LogContext`: the consumer, queue, identifier, routing key,
+correlation id, message id and delivery tag) as ``extra`` fields.
+:meth:`Serving.subscriber_failed` is the one place a subscriber's exception is logged (once,
+with its traceback), at ``subscriber_error_level``; by default ``INFO`` when the sender gets
+it back as a ``RemoteException``, ``ERROR`` when nobody receives it (a task sent with
+``no_reply``, a broadcast).
+
 Replies go through the default exchange, straight to the requester's queue by its name: a
 reply needs no binding, so one sent while the requester is still re-binding its reply queue
 after a broker restart (the task and message exchanges are transient) is not dropped. Where
@@ -32,6 +40,7 @@ import anyio.to_thread
 
 from .. import _wire as wire
 from .. import typed
+from .._logctx import LogContext
 from ..channel import Message, Properties
 from ..codecs import Codec, decoder_for
 from ..exceptions import (
@@ -43,6 +52,7 @@ from ..exceptions import (
     UndecodableMessage,
 )
 from ..futures import Future
+from ..hooks import subscriber_failed
 from ..robust.link import Link, LinkState
 from ..robust.publisher import Publisher
 from ..robust.settling import SettleBounds
@@ -97,16 +107,26 @@ class Serving:
     Attributes:
         callback_comm: what subscribers get as their first argument (the communicator, or
             its blocking facade in blocking mode).
+        subscriber_error_level: the level of the log record of a subscriber's exception
+            (see :meth:`subscriber_failed`); ``None``: ``INFO`` when its sender gets it
+            back, ``ERROR`` when nobody does.
     """
 
     def __init__(
-        self, link: Link, publisher: Publisher, bounds: SettleBounds, codec: Codec
+        self,
+        link: Link,
+        publisher: Publisher,
+        bounds: SettleBounds,
+        codec: Codec,
+        *,
+        subscriber_error_level: int | None = None,
     ) -> None:
         self._link = link
         self._publisher = publisher
         self._bounds = bounds
         self._codec = codec
         self.callback_comm: Any = None
+        self.subscriber_error_level: int | None = subscriber_error_level
         self._default_exchange_refused = False  # see reply_exchange
 
     # ------------------------------------------------------------ decoding and calling
@@ -144,35 +164,93 @@ class Serving:
         return result
 
     async def call_and_follow(
-        self, subscriber: Subscriber, message: Message, msg: Any, exchange: str, reply: bool
+        self,
+        subscriber: Subscriber,
+        message: Message,
+        msg: Any,
+        exchange: str,
+        reply: bool,
+        *,
+        log: LogContext,
     ) -> Any:
         """Call ``subscriber(comm, msg)`` and follow the futures it returns, telling the
-        sender "pending" for each (if a reply is wanted); returns the final result."""
+        sender "pending" for each (if a reply is wanted); returns the final result.
+        ``log``: the consumer's context (for the logs)."""
         result = await self.call(subscriber, self.callback_comm, msg)
         while is_future_like(result):
             if reply:
-                await self.send_reply(message, wire.pending_reply(), exchange)
+                await self.send_reply(message, wire.pending_reply(), exchange, log=log)
             result = await resolve(result)
         return result
 
-    async def reject_undecodable(
-        self, message: Message, exc: UndecodableMessage, exchange: str, *, with_host: bool = False
+    def subscriber_failed(
+        self,
+        message: Message,
+        exc: BaseException,
+        *,
+        log: LogContext,
+        kind: str,
+        subscriber: Subscriber,
+        identifier: str | None,
+        replied: bool,
+        correlation_id: str | None = None,
     ) -> None:
-        """Reject a message that cannot be decoded (never requeued) and tell its sender."""
+        """``subscriber`` (a ``kind`` subscriber: ``task``, ``RPC``, ``broadcast``; its
+        ``identifier``) raised ``exc`` handling ``message``: tell the seam
+        (:func:`kiwi_anyio.hooks.subscriber_failed`) and log it, once, with its traceback
+        and the message's context (``correlation_id``: a broadcast's, from its body).
+
+        The level is :attr:`subscriber_error_level` when set; when it is ``None``, ``INFO``
+        if ``replied`` (the sender gets the exception back as a ``RemoteException``) and
+        ``ERROR`` if not (nobody receives it: a task sent with ``no_reply``, a broadcast)."""
+        subscriber_failed(message, exc)
+        level = self.subscriber_error_level
+        if level is None:
+            level = logging.INFO if replied else logging.ERROR
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "%s: %s subscriber %r raised %r (%s)",
+                log.what,
+                kind,
+                subscriber,
+                exc,
+                "the sender gets it as a RemoteException" if replied else "nobody receives it",
+                exc_info=exc,
+                extra=log.extra(message, identifier=identifier, correlation_id=correlation_id),
+            )
+
+    async def reject_undecodable(
+        self,
+        message: Message,
+        exc: UndecodableMessage,
+        exchange: str,
+        *,
+        log: LogContext,
+        with_host: bool = False,
+    ) -> None:
+        """Reject a message that cannot be decoded (never requeued) and tell its sender;
+        logged once, at ``WARNING``, with the message's context ``log``.
+
+        Cancellation: while the sender is being told, it may or may not have been, and the
+        message is left unsettled (for the caller to requeue)."""
+        extra = log.extra(message)
         logger.warning(
-            "rejected undecodable message %s from %r (routing key %r): %s",
+            "%s: rejected undecodable message %s from %r (routing key %r): %s",
+            log.what,
             message.delivery_tag,
             message.exchange,
             message.routing_key,
             exc,
+            extra=extra,
         )
         if message.properties.reply_to and message.properties.correlation_id:
             try:
                 await self.send_reply(
-                    message, wire.exception_reply(exc, with_host=with_host), exchange
+                    message, wire.exception_reply(exc, with_host=with_host), exchange, log=log
                 )
             except AMQPError as error:
-                logger.warning("could not tell the sender: %s", error)
+                logger.warning("%s: could not tell the sender: %s", log.what, error, extra=extra)
         if not message.settled and message.channel.is_open:
             message.reject(requeue=False)
 
@@ -199,14 +277,22 @@ class Serving:
         )
         return body, properties
 
-    async def send_reply(self, request: Message, reply: dict[str, Any], exchange: str) -> None:
-        """Publish ``reply`` to the request's ``reply_to`` (confirmed).
+    async def send_reply(
+        self, request: Message, reply: dict[str, Any], exchange: str, *, log: LogContext
+    ) -> None:
+        """Publish ``reply`` to the request's ``reply_to`` (confirmed); ``log`` is the
+        context of the consumer the request came to (for the logs).
 
         Cancellation: the reply may or may not have been sent.
         """
         reply_to = request.properties.reply_to
         if not reply_to:
-            logger.warning("cannot reply to message %s: it has no reply_to", request.delivery_tag)
+            logger.warning(
+                "%s: cannot reply to message %s: it has no reply_to",
+                log.what,
+                request.delivery_tag,
+                extra=log.extra(request),
+            )
             return
         if bodies.looks_large(reply):
             body, properties = await anyio.to_thread.run_sync(
@@ -264,11 +350,12 @@ class Serving:
         reply: dict[str, Any] | None,
         exchange: str,
         *,
+        log: LogContext,
         nowait: bool = True,
         on_answered: Callable[[], object] | None = None,
     ) -> bool:
         """Send the final reply, then acknowledge; ``on_answered()`` once the broker
-        confirmed the reply and the ack went out.
+        confirmed the reply and the ack went out. ``log``: the consumer's context (for the logs).
 
         Returns True when that was handed off: the reply is queued and a confirm callback
         acks the request (:meth:`settle_nowait`; the consumer's channel stays open until it
@@ -278,14 +365,14 @@ class Serving:
 
         Cancellation: shielded (bounded by ``SETTLE_TIMEOUT`` once stopping or closing).
         """
-        if nowait and self.settle_nowait(message, reply, exchange, on_answered):
+        if nowait and self.settle_nowait(message, reply, exchange, log, on_answered):
             return True
         channel = message.channel
         # no deadline while the communicator is open (a broker that blocks publishing
         # delays the reply; giving up would requeue a finished task); closing bounds it
         with self._bounds.settling(channel, bounded=self._link.state is not LinkState.OPEN):
             if reply is not None:
-                await self.send_reply(message, reply, exchange)
+                await self.send_reply(message, reply, exchange, log=log)
             if channel.is_open:
                 message.ack()
                 if on_answered is not None:
@@ -297,6 +384,7 @@ class Serving:
         message: Message,
         reply: dict[str, Any] | None,
         exchange: str,
+        log: LogContext,
         on_answered: Callable[[], object] | None = None,
     ) -> bool:
         """The common case of :meth:`settle` without a task switch or a cancel scope:
@@ -330,9 +418,15 @@ class Serving:
                     if link.tg is not None and link.state is LinkState.OPEN:
                         # the publisher channel failed under it (an exchange deleted, a
                         # nack): the slow path resends (after a recovery too), then acks
-                        logger.info("sending the reply to %r again: %s", reply_to, error)
+                        logger.info(
+                            "%s: sending the reply to %r again: %s",
+                            log.what,
+                            reply_to,
+                            error,
+                            extra=log.extra(message),
+                        )
                         link.tg.start_soon(
-                            self._settle_again, message, reply, exchange, on_answered
+                            self._settle_again, message, reply, exchange, log, on_answered
                         )
                         forget = False  # still handed off: _settle_again forgets it
                     else:
@@ -370,13 +464,22 @@ class Serving:
         message: Message,
         reply: dict[str, Any],
         exchange: str,
+        log: LogContext,
         on_answered: Callable[[], object] | None,
     ) -> None:
         """A handed-off reply failed: send it the slow way (then ack), or requeue."""
         try:
-            await self.settle(message, reply, exchange, nowait=False, on_answered=on_answered)
+            await self.settle(
+                message, reply, exchange, log=log, nowait=False, on_answered=on_answered
+            )
         except KiwiError as exc:
-            logger.warning("request %s not answered: %s", message.delivery_tag, exc)
+            logger.warning(
+                "%s: request %s not answered: %s",
+                log.what,
+                message.delivery_tag,
+                exc,
+                extra=log.extra(message),
+            )
         finally:
             if not message.settled and message.channel.is_open:
                 message.nack(requeue=True)  # not answered in time: requeued

@@ -23,6 +23,7 @@ import anyio
 
 from .. import _wire as wire
 from .. import typed
+from .._logctx import LogContext
 from .._pending import DEFAULT, Timeout
 from ..channel import Channel, Connection, Message
 from ..codecs import Codec
@@ -39,7 +40,6 @@ from ..exceptions import (
     UnroutableError,
 )
 from ..futures import Future
-from ..hooks import subscriber_failed
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link, broker_version
 from ..robust.publisher import Publisher
@@ -219,6 +219,8 @@ class TaskQueue:
             raise ValueError(f"consumer_timeout must be > 0 s or None, not {consumer_timeout!r}")
         self._tasks = tasks
         self.name = name
+        # its consumer, in the hooks and the logs
+        self._log = LogContext(f"task queue {name!r}", name)
         self.consumer_timeout = consumer_timeout
         self.max_deliveries = max_deliveries
         self._redelivery = Redelivery(
@@ -228,6 +230,7 @@ class TaskQueue:
             queue=name,
             exchange=exchange,
             max_deliveries=max_deliveries,
+            log=self._log,
         )
         self._dead_letters = DeadLetters(tasks.link, tasks.serving, self._redelivery)
         # tasks being handled here, by message id: a redelivered copy (its channel was
@@ -383,7 +386,7 @@ class TaskQueue:
                     self._open_consumer_channel,
                     self.name,
                     self._on_task,
-                    what=f"task queue {self.name!r}",
+                    what=self._log.what,
                     arguments=self._consume_arguments,
                 )
         except BaseException:
@@ -461,6 +464,7 @@ class TaskQueue:
             key,
             self.name,
             "ran" if running is not None else "has just answered",
+            extra=self._log.extra(message),
         )
         if message.channel.is_open and not message.settled:
             message.ack()
@@ -487,12 +491,14 @@ class TaskQueue:
             try:
                 task, no_reply = wire.decode_task(await serving.decode(message))
             except UndecodableMessage as exc:
-                await serving.reject_undecodable(message, exc, self.exchange, with_host=True)
+                await serving.reject_undecodable(
+                    message, exc, self.exchange, log=self._log, with_host=True
+                )
                 return
-            for subscriber in list(self._subscribers.values()):
+            for identifier, subscriber in list(self._subscribers.items()):
                 try:
                     result = await serving.call_and_follow(
-                        subscriber, message, task, self.exchange, not no_reply
+                        subscriber, message, task, self.exchange, not no_reply, log=self._log
                     )
                 except TaskRejected:
                     continue
@@ -502,16 +508,26 @@ class TaskQueue:
                 except concurrent.futures.CancelledError as exc:
                     reply = wire.cancelled_reply(str(exc) or None)
                 except Exception as exc:
-                    subscriber_failed(message, exc)
-                    if no_reply:
-                        logger.exception("task subscriber %r raised (no reply wanted)", subscriber)
+                    serving.subscriber_failed(
+                        message,
+                        exc,
+                        log=self._log,
+                        kind="task",
+                        subscriber=subscriber,
+                        identifier=identifier,
+                        replied=not no_reply,
+                    )
                     reply = typed.attach_error_headers(
                         wire.exception_reply(exc, with_host=True), exc
                     )
                 else:
                     reply = wire.result_reply(result, with_host=True)
                 handed_off = await serving.settle(
-                    message, None if no_reply else reply, self.exchange, on_answered=on_answered
+                    message,
+                    None if no_reply else reply,
+                    self.exchange,
+                    log=self._log,
+                    on_answered=on_answered,
                 )
                 return
             # nobody took it: give it back, after a pause so it does not spin, without
@@ -520,7 +536,11 @@ class TaskQueue:
             await redelivery.requeue(message, deliveries - 1)
         except KiwiError as exc:  # the link dropped, or the communicator closes
             logger.warning(
-                "task %s on queue %r not settled: %s", message.delivery_tag, self.name, exc
+                "task %s on queue %r not settled: %s",
+                message.delivery_tag,
+                self.name,
+                exc,
+                extra=self._log.extra(message),
             )
         finally:
             if not handed_off and not message.settled and message.channel.is_open:
@@ -567,7 +587,7 @@ class TaskQueue:
                     task, no_reply = wire.decode_task(await tasks.serving.decode(message))
                 except UndecodableMessage as exc:
                     await tasks.serving.reject_undecodable(
-                        message, exc, self.exchange, with_host=True
+                        message, exc, self.exchange, log=self._log, with_host=True
                     )
                     continue
                 return IncomingTask(self, message, task, no_reply)
