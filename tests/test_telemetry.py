@@ -478,3 +478,46 @@ async def test_the_trace_crosses_processes(broker_url: str, otel: Otel) -> None:
     (reply_process,) = otel.named("process amq.default:")
     (reply,) = [s for s in worker_spans if s["name"].startswith("publish amq.default:")]
     assert reply_process.parent is not None and reply_process.parent.span_id == reply["span"]
+
+
+@pytest.mark.broker
+async def test_kiwipy_ignores_the_trace_context(broker_url: str, otel: Otel) -> None:
+    """With an SDK configured, traceparent really is in the headers, both ways, and kiwiPy
+    0.9 (which ignores the headers table) serves and is served as before."""
+    from tests.test_kiwipy_interop import Names, default_testing_mode, kiwipy_peer
+
+    names = Names.unique()
+    testing_mode = await default_testing_mode(broker_url)
+    sent: list[tuple[str, Any]] = []
+
+    def communicator() -> kiwi_anyio.Communicator:
+        comm = kiwi_anyio.connect(
+            broker_url,
+            message_exchange=names.message_exchange,
+            task_exchange=names.task_exchange,
+            task_queue=names.task_queue,
+            testing_mode=testing_mode,
+        )
+        otel.install(comm)
+        # added after telemetry's hook: sees the headers it adds
+        comm.hooks.add_publish_hook(
+            lambda out: sent.append((out.what, (out.properties.headers or {}).get("traceparent")))
+        )
+        return comm
+
+    with anyio.fail_after(2 * TIMEOUT):
+        async with kiwipy_peer(broker_url, names, "serve") as peer, communicator() as comm:
+            assert await (await comm.task_send(21)) == 42
+            assert await (await comm.rpc_send("echo", "hi")) == "hi"
+            await comm.broadcast_send("news", sender="a.jones", subject="purchase.x")
+            heard = await peer.wait_kind("broadcast", 4)  # every filter matches
+            assert {e["body"] for e in heard} == {"news"}
+        assert len(sent) == 3 and all(traceparent for _, traceparent in sent), sent
+        sent.clear()
+        async with communicator() as comm, kiwipy_peer(broker_url, names, "client") as peer:
+            await comm.add_rpc_subscriber(lambda _comm, msg: msg, "echo")
+            await comm.add_task_subscriber(lambda _comm, n: n + 1)
+            assert await peer.result("rpc_send", recipient="echo", msg="hi") == ("hi", 0)
+            assert await peer.result("task_send", task=1) == (2, 0)
+        replies = [traceparent for what, traceparent in sent if what.startswith("reply to ")]
+        assert len(replies) == 2 and all(replies), sent
