@@ -19,6 +19,11 @@ Telemetry, retries and typed messages plug in here instead of into each pattern:
   call :func:`subscriber_failed`, whose exception becomes an error reply, not an error of
   the handler).
 
+The names say what a publish or a consumer is: an RPC call's publish is named
+``RPC_CALL + repr(identifier)`` (``"RPC to 'id'"``) and an RPC subscriber's consumer
+``RPC_SERVE + repr(identifier)`` (``"RPC subscriber 'id'"``); :func:`is_rpc_call` and
+:func:`is_rpc_serve` tell them (telemetry makes their spans CLIENT and SERVER).
+
 Middlewares wrap consumers started after they are added: add them before subscribing. With
 none, a delivery costs nothing extra (handlers are wrapped once, when a consumer starts);
 publish hooks cost one check per publish when there are none.
@@ -31,11 +36,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from .channel import Message, Properties
 
 __all__ = [
+    "RPC_CALL",
+    "RPC_SERVE",
     "DeliveryHandler",
     "DeliveryMiddleware",
     "Hooks",
@@ -43,6 +50,8 @@ __all__ = [
     "PublishHook",
     "PublishedCallback",
     "QueueMiddleware",
+    "is_rpc_call",
+    "is_rpc_serve",
     "subscriber_failed",
 ]
 
@@ -52,6 +61,21 @@ DeliveryHandler = Callable[[Message], Coroutine[Any, Any, None]]
 DeliveryMiddleware = Callable[[DeliveryHandler, str], DeliveryHandler]
 QueueMiddleware = Callable[[DeliveryHandler, str, str], DeliveryHandler]
 PublishedCallback = Callable[[BaseException | None], None]
+
+#: how the ``what`` of an RPC call's publish begins (``"RPC to 'id'"``)
+RPC_CALL: Final = "RPC to "
+#: how the ``what`` of an RPC subscriber's consumer begins (``"RPC subscriber 'id'"``)
+RPC_SERVE: Final = "RPC subscriber "
+
+
+def is_rpc_call(what: str) -> bool:
+    """Whether the publish named ``what`` is an RPC call (a request awaiting its reply)."""
+    return what.startswith(RPC_CALL)
+
+
+def is_rpc_serve(what: str) -> bool:
+    """Whether the consumer named ``what`` serves RPC calls."""
+    return what.startswith(RPC_SERVE)
 
 
 @dataclass(slots=True)

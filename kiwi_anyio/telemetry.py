@@ -4,13 +4,15 @@
 They follow the OpenTelemetry semantic conventions for messaging and RabbitMQ, **v1.44.0**
 (:data:`SEMCONV_VERSION`; still "Development" status, so names may change in later versions):
 
-- every publish (task, RPC call, broadcast, reply) is a PRODUCER span
-  ``publish {exchange}:{routing key}`` (``amq.default`` for the default exchange), from the
-  hooks until the broker's confirm (or the error). Its W3C ``traceparent``/``tracestate`` go
-  into the AMQP headers table, where kiwiPy never looks;
-- every delivery to a consumer is a CONSUMER span ``process {exchange}:{routing key}:{queue}``,
-  a child of the span that sent it (the trace goes on from the sender to the worker, and back
-  with the reply). A subscriber that raised sets its ``error.type`` and an error status;
+- every publish (task, RPC call, broadcast, reply) is a PRODUCER span ``publish
+  {exchange}:{routing key}`` (``amq.default`` for the default exchange), from the hooks until
+  the broker's confirm (or the error); an RPC call's is a CLIENT span (a request awaiting its
+  reply). Its W3C ``traceparent``/``tracestate`` go into the AMQP headers table, where kiwiPy
+  never looks;
+- every delivery to a consumer is a CONSUMER span ``process {exchange}:{routing key}:{queue}``
+  (to an RPC subscriber: a SERVER span), a child of the span that sent it (the trace goes on
+  from the sender to the worker, and back with the reply). A subscriber that raised sets its
+  ``error.type`` and an error status;
 - every ack, nack or reject of a delivery is a CLIENT span ``ack ...``/``nack ...``/
   ``reject ...`` (``kiwi_anyio.requeue`` tells a dead-lettering from a requeue), a child of the
   process span.
@@ -55,7 +57,7 @@ from ._logctx import LOG_FIELDS, log_extra
 from ._version import __version__
 from .channel import Channel, Message, Properties
 from .channel import Message as MessageInterface
-from .hooks import DeliveryHandler, Outgoing
+from .hooks import DeliveryHandler, Outgoing, is_rpc_call, is_rpc_serve
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -381,9 +383,10 @@ class Telemetry:
             attrs[MESSAGE_ID] = properties.message_id
         if properties.correlation_id:
             attrs[CONVERSATION_ID] = properties.correlation_id
-        span = self._tracer.start_span(
-            f"publish {destination}", kind=trace.SpanKind.PRODUCER, attributes=attrs
-        )
+        # an RPC call is a request awaiting its reply: CLIENT, as the issue asks and the
+        # conventions allow for request/reply (its messaging attributes stay)
+        kind = trace.SpanKind.CLIENT if is_rpc_call(outgoing.what) else trace.SpanKind.PRODUCER
+        span = self._tracer.start_span(f"publish {destination}", kind=kind, attributes=attrs)
         carrier: dict[str, Any] = {}
         self._propagate.inject(carrier, context=trace.set_span_in_context(span))
         if carrier:
@@ -416,6 +419,8 @@ class Telemetry:
         in_flight = self.in_flight
         in_flight.setdefault(what, 0)
         empty = context.Context()
+        # serving an RPC call is the SERVER side of a request/reply; the rest CONSUMER
+        kind = trace.SpanKind.SERVER if is_rpc_serve(what) else trace.SpanKind.CONSUMER
 
         async def traced(message: Message) -> None:
             if not self._enabled:
@@ -450,7 +455,7 @@ class Telemetry:
             span = tracer.start_span(
                 f"process {destination}",
                 context=parent,
-                kind=trace.SpanKind.CONSUMER,
+                kind=kind,
                 attributes=attrs,
             )
             current = trace.set_span_in_context(span, parent)

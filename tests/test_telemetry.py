@@ -173,6 +173,44 @@ async def test_a_task_round_trip_is_one_trace(url: str, otel: Otel) -> None:
     assert len(spans) == 6
 
 
+async def test_an_rpc_is_a_client_span_served_by_a_server_span(url: str, otel: Otel) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with pair(url, otel) as (sender, worker):
+            await worker.add_rpc_subscriber(lambda _comm, msg: msg * 2, "double")
+            assert await (await sender.rpc_send("double", 21)) == 42
+            while len(otel.named("ack ")) < 2:
+                await anyio.sleep(0.01)
+            messages = sender.message_exchange
+    spans = otel.spans()
+    assert len({s.context.trace_id for s in spans}) == 1, [s.name for s in spans]
+    (call,) = otel.named(f"publish {messages}:")
+    assert call.kind is trace.SpanKind.CLIENT
+    assert call.parent is None
+    cattrs = dict(call.attributes or {})
+    assert cattrs["messaging.operation.type"] == "send"
+    assert cattrs["messaging.operation.name"] == "publish"
+    assert cattrs["messaging.system"] == "rabbitmq"
+    (serve,) = otel.named(f"process {messages}:")
+    assert serve.kind is trace.SpanKind.SERVER
+    assert parent_of(serve, spans) is call
+    sattrs = dict(serve.attributes or {})
+    assert sattrs["messaging.operation.type"] == "process"
+    conversation = "messaging.message.conversation_id"
+    assert sattrs[conversation] == cattrs[conversation]
+    # the reply continues the trace: a PRODUCER child of the server span, whose CONSUMER
+    # process (back at the caller) is its child
+    (reply,) = otel.named("publish amq.default:")
+    assert reply.kind is trace.SpanKind.PRODUCER
+    assert parent_of(reply, spans) is serve
+    (reply_process,) = otel.named("process amq.default:")
+    assert reply_process.kind is trace.SpanKind.CONSUMER
+    assert parent_of(reply_process, spans) is reply
+    (call_ack,) = otel.named(f"ack {messages}:")
+    assert call_ack.kind is trace.SpanKind.CLIENT
+    assert parent_of(call_ack, spans) is serve
+    assert len(spans) == 6
+
+
 async def test_the_trace_continues_the_callers_span(otel: Otel) -> None:
     tracer = otel.tracer_provider.get_tracer("test")
     with anyio.fail_after(TIMEOUT):

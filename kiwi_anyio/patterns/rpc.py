@@ -39,6 +39,7 @@ from ..exceptions import (
     UnroutableError,
 )
 from ..futures import Future
+from ..hooks import RPC_CALL, RPC_SERVE
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link, LinkState
 from ..robust.settling import SETTLE_TIMEOUT
@@ -104,7 +105,7 @@ class Rpc:
                 routing_key=wire.rpc_routing_key(recipient_id),
                 persistent=False,
                 no_reply=False,
-                what=f"RPC to {recipient_id!r}",
+                what=f"{RPC_CALL}{recipient_id!r}",
                 timeout=self._timeout(timeout),
             )
         except MessageReturned as exc:
@@ -136,7 +137,7 @@ class Rpc:
             return await self._open_channel(connection, queue, identifier)
 
         # its consumer, in the hooks and the logs
-        log = LogContext(f"RPC subscriber {identifier!r}", queue, identifier)
+        log = LogContext(f"{RPC_SERVE}{identifier!r}", queue, identifier)
 
         async def on_rpc(message: Message) -> None:
             await self._on_rpc(subscriber, message, log)
