@@ -17,7 +17,9 @@ Telemetry, retries and typed messages plug in here instead of into each pattern:
   hand the handler a wrapper of the message (to see its ack, nack or reject); a wrapper with
   an ``on_subscriber_failed(exc)`` method learns of subscribers that raised (the patterns
   call :func:`subscriber_failed`, whose exception becomes an error reply, not an error of
-  the handler).
+  the handler). A wrapper with a ``subscriber_scope(identifier)`` method gives the scope of
+  each subscriber's call on a message handed to several (a broadcast's): the patterns enter
+  :func:`calling_subscriber`.
 
 The names say what a publish or a consumer is: an RPC call's publish is named
 ``RPC_CALL + repr(identifier)`` (``"RPC to 'id'"``) and an RPC subscriber's consumer
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -50,6 +53,7 @@ __all__ = [
     "PublishHook",
     "PublishedCallback",
     "QueueMiddleware",
+    "calling_subscriber",
     "is_rpc_call",
     "is_rpc_serve",
     "subscriber_failed",
@@ -159,3 +163,15 @@ def subscriber_failed(message: Message, exc: BaseException) -> None:
     report = getattr(message, "on_subscriber_failed", None)
     if report is not None:
         report(exc)
+
+
+def calling_subscriber(message: Message, identifier: str) -> AbstractContextManager[object]:
+    """The scope of the call of the subscriber ``identifier`` on ``message`` (a broadcast
+    goes to every subscriber of its communicator): ``with calling_subscriber(message, id):``
+    around the call. A middleware's message wrapper with a ``subscriber_scope(identifier)``
+    method gives the scope (telemetry: a span per subscriber, which an exception leaving
+    it fails); a plain message, a scope that does nothing."""
+    scope = getattr(message, "subscriber_scope", None)
+    if scope is None:
+        return nullcontext()
+    return cast(AbstractContextManager[object], scope(identifier))

@@ -13,6 +13,9 @@ They follow the OpenTelemetry semantic conventions for messaging and RabbitMQ, *
   (to an RPC subscriber: a SERVER span), a child of the span that sent it (the trace goes on
   from the sender to the worker, and back with the reply). A subscriber that raised sets its
   ``error.type`` and an error status;
+- a delivery handed to several subscribers (a broadcast) has one INTERNAL span
+  ``process ...`` per subscriber called, a child of the process span, with
+  ``kiwi_anyio.subscriber`` (its identifier);
 - every ack, nack or reject of a delivery is a CLIENT span ``ack ...``/``nack ...``/
   ``reject ...`` (``kiwi_anyio.requeue`` tells a dead-lettering from a requeue), a child of the
   process span.
@@ -50,7 +53,8 @@ import copy
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._logctx import LOG_FIELDS, log_extra
@@ -115,6 +119,7 @@ SERVER_PORT: Final = "server.port"
 ERROR_TYPE: Final = "error.type"
 REQUEUE: Final = "kiwi_anyio.requeue"
 CONSUMER: Final = "kiwi_anyio.consumer"
+SUBSCRIBER: Final = "kiwi_anyio.subscriber"
 RABBITMQ: Final = "rabbitmq"
 DEFAULT_EXCHANGE: Final = "amq.default"
 
@@ -577,6 +582,35 @@ class _ObservedMessage(MessageInterface):
     def on_subscriber_failed(self, exc: BaseException) -> None:
         """The subscriber raised ``exc``: the process span fails with it."""
         self.failure = exc
+
+    @contextmanager
+    def subscriber_scope(self, identifier: str) -> Iterator[None]:
+        """The call of one subscriber (of several: a broadcast's) on this message, in an
+        INTERNAL span ``process {destination}`` that is the process span's child, with
+        ``kiwi_anyio.subscriber``; an exception leaving it fails the span (and goes on)."""
+        telemetry = self._telemetry
+        trace = telemetry._trace
+        attrs = {
+            SYSTEM: RABBITMQ,
+            OPERATION_NAME: "process",
+            DESTINATION: self._destination,
+            SUBSCRIBER: identifier,
+        }
+        span = telemetry._tracer.start_span(
+            f"process {self._destination}",
+            context=self._parent,
+            kind=trace.SpanKind.INTERNAL,
+            attributes=attrs,
+        )
+        token = telemetry._context.attach(trace.set_span_in_context(span, self._parent))
+        try:
+            yield
+        except BaseException as exc:
+            _fail(trace, span, exc)
+            raise
+        finally:
+            telemetry._context.detach(token)
+            span.end()
 
     def ack(self) -> None:
         """Acknowledge (in a settle span)."""

@@ -211,6 +211,55 @@ async def test_an_rpc_is_a_client_span_served_by_a_server_span(url: str, otel: O
     assert len(spans) == 6
 
 
+async def test_each_subscriber_of_a_broadcast_has_its_span(url: str, otel: Otel) -> None:
+    got: list[str] = []
+
+    def fail(_comm: Any, *_args: Any) -> None:
+        got.append("fails")
+        raise ValueError("not this one")
+
+    with anyio.fail_after(TIMEOUT):
+        async with pair(url, otel) as (sender, worker):
+            await worker.add_broadcast_subscriber(lambda *_: got.append("one"), "one")
+            await worker.add_broadcast_subscriber(fail, "fails")
+            # filtered out: not delivered to it, so no span
+            await worker.add_broadcast_subscriber(
+                kiwi_anyio.BroadcastFilter(lambda *_: got.append("other"), subject="other"),
+                "filtered",
+            )
+            await sender.broadcast_send("news", subject="this")
+            while not otel.named("ack "):
+                await anyio.sleep(0.01)
+            messages = sender.message_exchange
+    assert sorted(got) == ["fails", "one"]
+    spans = otel.spans()
+    (send,) = otel.named(f"publish {messages}:")
+    assert send.kind is trace.SpanKind.PRODUCER
+    (process,) = [s for s in otel.named("process ") if s.kind is trace.SpanKind.CONSUMER]
+    assert parent_of(process, spans) is send
+    calls = {
+        dict(s.attributes or {})["kiwi_anyio.subscriber"]: s
+        for s in otel.named("process ")
+        if s.kind is trace.SpanKind.INTERNAL
+    }
+    assert set(calls) == {"one", "fails"}
+    for call in calls.values():
+        assert parent_of(call, spans) is process
+        assert call.name == process.name
+        attrs = dict(call.attributes or {})
+        assert (
+            attrs["messaging.destination.name"]
+            == dict(process.attributes or {})["messaging.destination.name"]
+        )
+        assert "messaging.operation.type" not in attrs  # one process operation per delivery
+    assert calls["one"].status.status_code is trace.StatusCode.UNSET
+    assert calls["fails"].status.status_code is trace.StatusCode.ERROR
+    assert dict(calls["fails"].attributes or {})["error.type"] == "ValueError"
+    (ack,) = otel.named("ack ")
+    assert parent_of(ack, spans) is process
+    assert len(spans) == 5
+
+
 async def test_the_trace_continues_the_callers_span(otel: Otel) -> None:
     tracer = otel.tracer_provider.get_tracer("test")
     with anyio.fail_after(TIMEOUT):

@@ -24,6 +24,7 @@ from ..channel import Channel, Connection, Message, Properties
 from ..codecs import Codec
 from ..exceptions import AMQPError, DuplicateSubscriberIdentifier, KiwiError, UndecodableMessage
 from ..filters import BroadcastFilter
+from ..hooks import calling_subscriber
 from ..robust.consumer import ConsumerHandle, Consumers
 from ..robust.link import Link, LinkState
 from ..robust.publisher import Publisher
@@ -190,7 +191,8 @@ class Broadcasts:
                         if subscriber.is_filtered(sender, subject):
                             return
                         subscriber = subscriber.subscriber
-                    await serving.call(subscriber, *args)
+                    with calling_subscriber(message, identifier):  # a span each, say
+                        await serving.call(subscriber, *args)
                 except Exception as exc:
                     serving.subscriber_failed(
                         message,
